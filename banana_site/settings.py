@@ -1,0 +1,208 @@
+"""Banana Gallery settings: one file, read from environment variables only.
+
+Every default is chosen so that `make run` works on a fresh clone: SQLite, django-q2's ORM
+broker, media on local disk. Scale-out is a matter of setting DATABASE_URL, REDIS_URL and a
+storage backend, never of editing this file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def envbool(name: str, default: bool) -> bool:
+    return os.getenv(name, "1" if default else "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def envint(name: str, default: int) -> int:
+    return int(os.getenv(name, default))
+
+
+def envfloat(name: str, default: float) -> float:
+    return float(os.getenv(name, default))
+
+
+def envlist(name: str, default: str) -> list[str]:
+    return [item.strip() for item in os.getenv(name, default).split(",") if item.strip()]
+
+
+SECRET_KEY = os.getenv("SECRET_KEY", "dev-only-insecure-key-set-SECRET_KEY-in-production")
+DEBUG = envbool("DEBUG", False)
+ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]")
+CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", "")
+SITE_URL = os.getenv("SITE_URL", "")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "django_htmx",
+    "template_partials",
+    "django_q",
+    "gallery",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.auth.middleware.LoginRequiredMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "banana_site.urls"
+WSGI_APPLICATION = "banana_site.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "gallery.context_processors.provider_status",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": dj_database_url.config(
+        default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}",
+        conn_max_age=envint("DB_CONN_MAX_AGE", 60),
+        conn_health_checks=True,
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # A web process and a worker write at once. With SQLite's default deferred transactions a
+    # read-then-write fails at once with "database is locked"; IMMEDIATE takes the write lock
+    # up front and WAL lets readers go on meanwhile.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"]["OPTIONS"] = {
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = os.getenv("REDIS_URL", "")
+if REDIS_URL:
+    CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+    }
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "gallery:index"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+MEDIA_ROOT = Path(os.getenv("MEDIA_ROOT", BASE_DIR / "media"))
+MEDIA_URL = "media/"
+STORAGES = {
+    "default": {
+        "BACKEND": os.getenv("STORAGE_BACKEND", "django.core.files.storage.FileSystemStorage")
+    },
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if envbool("STATIC_MANIFEST", False)
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
+WHITENOISE_USE_FINDERS = True
+
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SECURE = envbool("SECURE_COOKIES", False)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+
+# The provider. Without a key `make run` starts the simulator and points these at it.
+AIGPTIMAGE_API_KEY = os.getenv("AIGPTIMAGE_API_KEY", "")
+AIGPTIMAGE_BASE_URL = os.getenv("AIGPTIMAGE_BASE_URL", "https://aigptimage.com")
+AIGPTIMAGE_TIMEOUT = envfloat("AIGPTIMAGE_TIMEOUT", 30.0)
+# Never more tasks active at the provider than this: the key's tier allows 5 on "basic".
+AIGPTIMAGE_MAX_ACTIVE_TASKS = envint("AIGPTIMAGE_MAX_ACTIVE_TASKS", 5)
+# Seconds between two polls of one generation at first; it grows with age up to the max.
+AIGPTIMAGE_POLL_INTERVAL = envfloat("AIGPTIMAGE_POLL_INTERVAL", 3.0)
+AIGPTIMAGE_POLL_MAX_INTERVAL = envfloat("AIGPTIMAGE_POLL_MAX_INTERVAL", 15.0)
+# recordInfo calls per second across the whole site (basic tier allows 20/s).
+AIGPTIMAGE_POLL_BUDGET = envint("AIGPTIMAGE_POLL_BUDGET", 10)
+# A task still unfinished after this many seconds at the provider is failed as timed out.
+AIGPTIMAGE_TASK_DEADLINE = envfloat("AIGPTIMAGE_TASK_DEADLINE", 1800.0)
+# 500s and network errors are retried this many times, with jittered exponential backoff
+# from AIGPTIMAGE_RETRY_BASE seconds (capped at a minute), before a generation fails.
+AIGPTIMAGE_RETRY_ATTEMPTS = envint("AIGPTIMAGE_RETRY_ATTEMPTS", 8)
+AIGPTIMAGE_RETRY_BASE = envfloat("AIGPTIMAGE_RETRY_BASE", 2.0)
+# After a 409 (the provider's active-task slots are full) wait this long before submitting.
+AIGPTIMAGE_CONFLICT_WAIT = envfloat("AIGPTIMAGE_CONFLICT_WAIT", 10.0)
+# How long a paused (401/402) provider waits before a single probe submission.
+AIGPTIMAGE_PAUSE_PROBE = envfloat("AIGPTIMAGE_PAUSE_PROBE", 60.0)
+DOWNLOAD_MAX_BYTES = envint("DOWNLOAD_MAX_BYTES", 80 * 1024 * 1024)
+DOWNLOAD_DEADLINE = envfloat("DOWNLOAD_DEADLINE", 120.0)
+DOWNLOAD_ATTEMPTS = envint("DOWNLOAD_ATTEMPTS", 5)
+THUMBNAIL_SIZE = envint("THUMBNAIL_SIZE", 512)
+# How long one poll sweep runs before it hands over to a fresh copy of itself.
+SWEEP_SECONDS = envfloat("SWEEP_SECONDS", 25.0)
+
+Q_CLUSTER = {
+    "name": "banana",
+    "workers": envint("Q_WORKERS", 3),
+    "recycle": 200,
+    "max_rss": 300_000,
+    # The sweep runs up to SWEEP_SECONDS; a download up to DOWNLOAD_DEADLINE. `retry` must stay
+    # well above `timeout` or a slow task is handed out again while it still runs.
+    "timeout": 180,
+    "retry": 600,
+    "max_attempts": 2,
+    "queue_limit": 20,
+    "ack_failures": True,
+    "catch_up": False,
+    "save_limit": 500,
+    "poll": 0.2,
+    "sync": envbool("Q_SYNC", False),
+}
+if REDIS_URL:
+    Q_CLUSTER["redis"] = REDIS_URL
+else:
+    Q_CLUSTER["orm"] = "default"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.getenv("LOG_LEVEL", "INFO")},
+    "loggers": {"django": {"level": "WARNING"}},
+}

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Starts web, worker and, without AIGPTIMAGE_API_KEY, the provider simulator; stops all on Ctrl-C.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+PORT=${PORT:-8000}
+export DEBUG=${DEBUG:-1}
+
+pids=()
+stop() {
+  trap - EXIT INT TERM
+  # qcluster forks workers; SIGINT to its main process stops them all cleanly.
+  kill -INT "${pids[@]}" 2>/dev/null || true
+  wait 2>/dev/null || true
+}
+trap stop EXIT INT TERM
+
+if [ -z "${AIGPTIMAGE_API_KEY:-}" ]; then
+  SIM_PORT=${SIMULATOR_PORT:-8765}
+  export SIMULATOR_SPEED=${SIMULATOR_SPEED:-0.5}
+  export AIGPTIMAGE_API_KEY=sim-key
+  export AIGPTIMAGE_BASE_URL="http://127.0.0.1:${SIM_PORT}"
+  $PY manage.py simulator --host 127.0.0.1 --port "$SIM_PORT" &
+  pids+=($!)
+  echo "No AIGPTIMAGE_API_KEY set: images come from the provider simulator at ${AIGPTIMAGE_BASE_URL}"
+else
+  echo "Using the provider at ${AIGPTIMAGE_BASE_URL:-https://aigptimage.com}"
+fi
+
+$PY manage.py qcluster &
+pids+=($!)
+$PY manage.py runserver "127.0.0.1:${PORT}" --noreload &
+pids+=($!)
+
+sleep 1
+echo
+echo "  Banana Gallery is running: http://127.0.0.1:${PORT}/"
+echo "  Sign up at http://127.0.0.1:${PORT}/accounts/signup/ . Press Ctrl-C to stop."
+echo
+wait -n "${pids[@]}"
