@@ -9,5 +9,8 @@ urlpatterns = [
     path("accounts/signup/", views.signup, name="signup"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
+    # Public share pages: the only pages besides the auth pages that need no login.
+    path("s/<str:token>/", views.share_page, name="share"),
+    path("s/<str:token>/image", views.share_image, name="share_image"),
     path("", include("gallery.urls")),
 ]

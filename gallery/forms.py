@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+from datetime import timedelta
+
 from django import forms
 from django.contrib.auth.forms import UserCreationForm
+from django.utils import timezone
 
 from gallery import provider
-from gallery.models import Generation
+from gallery.models import Generation, GenerationQuerySet, Image, ShareLink
 
 ASPECT_RATIO_LABELS = {
     "auto": "Auto (square)",
@@ -85,3 +88,92 @@ class GenerationForm(forms.ModelForm):
 class SignupForm(UserCreationForm):
     class Meta(UserCreationForm.Meta):
         fields = ("username",)
+
+
+class GalleryFilterForm(forms.Form):
+    """The gallery's search box and filters, read from the query string."""
+
+    q = forms.CharField(required=False, max_length=200, label="Search prompts")
+    status = forms.ChoiceField(
+        required=False,
+        choices=[
+            ("", "Any status"),
+            ("pending", "In progress"),
+            ("done", "Done"),
+            ("failed", "Failed"),
+        ],
+    )
+    favorites = forms.BooleanField(required=False, label="Favourites only")
+    aspect_ratio = forms.ChoiceField(
+        required=False,
+        choices=[("", "Any shape")] + [(v, ASPECT_RATIO_LABELS[v]) for v in provider.ASPECT_RATIOS],
+    )
+    resolution = forms.ChoiceField(
+        required=False, choices=[("", "Any size")] + [(v, v) for v in provider.RESOLUTIONS]
+    )
+    before = forms.IntegerField(required=False, min_value=1, widget=forms.HiddenInput)
+
+    def filter(self, queryset: GenerationQuerySet) -> GenerationQuerySet:
+        """Apply the valid filters; a bad value is ignored rather than shown as an error."""
+        data = self.cleaned_data if self.is_valid() else {}
+        queryset = queryset.search(data.get("q", "").strip()).with_status(data.get("status", ""))
+        if data.get("favorites"):
+            queryset = queryset.favorites()
+        if data.get("aspect_ratio"):
+            queryset = queryset.filter(aspect_ratio=data["aspect_ratio"])
+        if data.get("resolution"):
+            queryset = queryset.filter(resolution=data["resolution"])
+        return queryset
+
+    @property
+    def is_filtered(self) -> bool:
+        data = self.cleaned_data if self.is_valid() else {}
+        return any(
+            data.get(name) for name in ("q", "status", "favorites", "aspect_ratio", "resolution")
+        )
+
+    def cursor(self) -> int | None:
+        return self.cleaned_data.get("before") if self.is_valid() else None
+
+
+EXPIRY_CHOICES = [
+    ("", "Never expires"),
+    ("1", "Expires in 1 hour"),
+    ("24", "Expires in 1 day"),
+    ("168", "Expires in 7 days"),
+    ("720", "Expires in 30 days"),
+]
+
+
+class ShareLinkForm(forms.Form):
+    show_prompt = forms.BooleanField(required=False, label="Show the prompt on the shared page")
+    expires_in_hours = forms.TypedChoiceField(
+        choices=EXPIRY_CHOICES, coerce=int, empty_value=None, required=False, label="Expiry"
+    )
+
+    def save_for(self, image: Image) -> ShareLink:
+        hours = self.cleaned_data["expires_in_hours"]
+        return ShareLink.objects.create(
+            image=image,
+            show_prompt=self.cleaned_data["show_prompt"],
+            expires_at=timezone.now() + timedelta(hours=hours) if hours else None,
+        )
+
+
+class BulkActionForm(forms.Form):
+    ACTIONS = [("favorite", "Favourite"), ("unfavorite", "Unfavourite"), ("delete", "Delete")]
+
+    action = forms.ChoiceField(choices=ACTIONS, error_messages={"required": "Choose an action."})
+    ids = forms.TypedMultipleChoiceField(
+        coerce=int, error_messages={"required": "Select at least one image first."}
+    )
+    confirm = forms.BooleanField(required=False)
+
+    def __init__(self, *args, queryset: GenerationQuerySet, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # Only the user's own generations are valid choices: anything else is "not found".
+        self.queryset = queryset
+        self.fields["ids"].choices = [(v, v) for v in self.data.getlist("ids") if v.isdigit()]
+
+    def selected(self) -> GenerationQuerySet:
+        return self.queryset.filter(pk__in=self.cleaned_data["ids"])

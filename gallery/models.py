@@ -2,12 +2,14 @@ from __future__ import annotations
 
 import logging
 import random
+import secrets
 import uuid
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.core.files.storage import default_storage
 from django.db import models, transaction
-from django.db.models import Count, Min, Q
+from django.db.models import Count, F, Min, Q
 from django.urls import reverse
 from django.utils import timezone
 
@@ -176,6 +178,43 @@ class GenerationQuerySet(models.QuerySet):
     def finished(self) -> GenerationQuerySet:
         return self.filter(status__in=Generation.FINISHED)
 
+    def search(self, text: str) -> GenerationQuerySet:
+        return self.filter(prompt__icontains=text) if text else self
+
+    def with_status(self, status: str) -> GenerationQuerySet:
+        """Filter by the gallery's status groups: pending, done or failed."""
+        if status == "pending":
+            return self.pending()
+        if status in (Generation.Status.DONE, Generation.Status.FAILED):
+            return self.filter(status=status)
+        return self
+
+    def favorites(self) -> GenerationQuerySet:
+        return self.filter(is_favorite=True)
+
+    def counts(self) -> dict[str, int]:
+        """All the gallery's counters in one query."""
+        return self.aggregate(
+            total=Count("id"),
+            pending=Count("id", filter=~Q(status__in=Generation.FINISHED)),
+            done=Count("id", filter=Q(status=Generation.Status.DONE)),
+            failed=Count("id", filter=Q(status=Generation.Status.FAILED)),
+            favorites=Count("id", filter=Q(is_favorite=True)),
+        )
+
+    def delete_with_files(self) -> int:
+        """Delete these generations, their images and share links, and then their files."""
+        names = [
+            name
+            for pair in Image.objects.filter(generation__in=self).values_list("file", "thumbnail")
+            for name in pair
+            if name
+        ]
+        deleted = self.count()
+        self.delete()
+        transaction.on_commit(lambda: _delete_files(names))
+        return deleted
+
     def stuck_submitting(self, now: datetime, after: float) -> GenerationQuerySet:
         return self.filter(
             status=Generation.Status.SUBMITTING,
@@ -305,7 +344,7 @@ class Generation(models.Model):
         return f"#{self.pk} {self.prompt[:40]}"
 
     def get_absolute_url(self) -> str:
-        return reverse("gallery:index") + f"#card-{self.pk}"
+        return reverse("gallery:detail", args=[self.pk])
 
     @property
     def is_finished(self) -> bool:
@@ -341,6 +380,14 @@ class Generation(models.Model):
         if seconds < 60:
             return f"{seconds} s"
         return f"{seconds // 60} min {seconds % 60:02d} s"
+
+    @property
+    def timings(self) -> dict[str, float | None]:
+        """Seconds spent waiting (our queue and the provider's), rendering, and in all."""
+        total = (self.finished_at - self.created_at).total_seconds() if self.finished_at else None
+        rendering = self.cost_time_ms / 1000 if self.cost_time_ms is not None else None
+        waiting = total - rendering if total is not None and rendering is not None else None
+        return {"waiting": waiting, "rendering": rendering, "total": total}
 
     @property
     def failure_text(self) -> str:
@@ -500,6 +547,14 @@ class Generation(models.Model):
         return (now - started).total_seconds() > settings.AIGPTIMAGE_TASK_DEADLINE
 
 
+def _delete_files(names: list[str]) -> None:
+    for name in names:
+        try:
+            default_storage.delete(name)
+        except OSError:
+            log.warning("Could not delete %s from storage", name, exc_info=True)
+
+
 def backoff(attempt: int, base: float, cap: float = 60.0) -> float:
     """Capped exponential backoff with full jitter, so many retries do not line up."""
     return random.uniform(0.5, 1.0) * min(cap, base * 2 ** max(0, attempt - 1))
@@ -554,3 +609,67 @@ class Image(models.Model):
     @property
     def extension(self) -> str:
         return "jpg" if self.format == "JPEG" else self.format.lower()
+
+
+def new_share_token() -> str:
+    # 24 random bytes: 192 bits, unrelated to any id, safe in a URL.
+    return secrets.token_urlsafe(24)
+
+
+class ShareLinkQuerySet(models.QuerySet):
+    def owned_by(self, user) -> ShareLinkQuerySet:
+        return self.filter(image__generation__owner=user)
+
+    def active(self, now: datetime | None = None) -> ShareLinkQuerySet:
+        now = now or timezone.now()
+        return self.filter(revoked_at__isnull=True).filter(
+            Q(expires_at__isnull=True) | Q(expires_at__gt=now)
+        )
+
+
+class ShareLink(models.Model):
+    """A public, revocable URL to one image."""
+
+    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="share_links")
+    token = models.CharField(max_length=64, unique=True, default=new_share_token, editable=False)
+    show_prompt = models.BooleanField(default=False)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    view_count = models.PositiveIntegerField(default=0)
+    last_viewed_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = ShareLinkQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"Share link for image {self.image_id}"
+
+    def get_absolute_url(self) -> str:
+        return reverse("share", args=[self.token])
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    @property
+    def is_expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= timezone.now()
+
+    @property
+    def is_active(self) -> bool:
+        return not self.is_revoked and not self.is_expired
+
+    def revoke(self) -> None:
+        if self.revoked_at is None:
+            self.revoked_at = timezone.now()
+            ShareLink.objects.filter(pk=self.pk, revoked_at__isnull=True).update(
+                revoked_at=self.revoked_at
+            )
+
+    def record_view(self) -> None:
+        ShareLink.objects.filter(pk=self.pk).update(
+            view_count=F("view_count") + 1, last_viewed_at=timezone.now()
+        )

@@ -16,6 +16,7 @@ import hashlib
 import io
 import logging
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 import requests
@@ -46,11 +47,14 @@ def ensure_sweep() -> None:
 
 
 def has_active_work() -> bool:
-    """Whether the sweep has anything to do: tasks at the provider, downloads, ready work."""
-    now = timezone.now()
+    """Whether the sweep has anything to do: tasks at the provider, downloads, queued work.
+
+    Queued work waiting out a 409, 429 or 500 counts; while submission is paused it does not,
+    since then only the reconcile's probe may submit.
+    """
     if Generation.objects.in_flight().exists() or Generation.objects.downloading().exists():
         return True
-    return not ProviderAccount.get().is_paused and Generation.objects.ready(now).exists()
+    return not ProviderAccount.get().is_paused and Generation.objects.queued().exists()
 
 
 # Submission
@@ -65,7 +69,8 @@ def submit_queued() -> int:
         submitted += outcome == "submitted"
         if outcome == "stop":
             break
-    if submitted:
+    # The sweep submits the rest as slots free up, and retries after a 409/429/500 wait.
+    if has_active_work():
         ensure_sweep()
     return submitted
 
@@ -122,6 +127,28 @@ def submit(generation: Generation, client: provider.ProviderClient) -> str:
 # Polling
 
 
+class PollBudget:
+    """At most `per_second` recordInfo calls in any one-second window, across rounds."""
+
+    def __init__(self, per_second: int) -> None:
+        self.per_second = per_second
+        self.sent: deque[float] = deque()
+
+    def available(self) -> int:
+        now = time.monotonic()
+        while self.sent and now - self.sent[0] >= 1.0:
+            self.sent.popleft()
+        return max(0, self.per_second - len(self.sent))
+
+    def spend(self, calls: int) -> None:
+        self.sent.extend([time.monotonic()] * calls)
+
+    def seconds_until_free(self) -> float:
+        if self.available():
+            return 0.0
+        return max(0.0, 1.0 - (time.monotonic() - self.sent[0]))
+
+
 def poll_sweep() -> None:
     """Poll every due generation for up to SWEEP_SECONDS, then hand over to a fresh sweep."""
     account = ProviderAccount.get()
@@ -129,26 +156,26 @@ def poll_sweep() -> None:
     if token is None:
         return
     client = provider.get_client()
+    budget = PollBudget(settings.AIGPTIMAGE_POLL_BUDGET)
     deadline = time.monotonic() + settings.SWEEP_SECONDS
     try:
         with ThreadPoolExecutor(POLL_THREADS, thread_name_prefix="poll") as pool:
             while time.monotonic() < deadline:
-                started = time.monotonic()
-                polled = sweep_once(client, pool)
+                sweep_once(client, pool, budget)
                 if not has_active_work():
                     break
-                time.sleep(_pause_after_round(started, polled))
+                time.sleep(_pause_after_round(budget))
     finally:
         account.release_sweep_lease(token)
     if has_active_work():
         async_task("gallery.tasks.poll_sweep", task_name="poll_sweep")
 
 
-def _pause_after_round(started: float, polled: int) -> float:
-    # A round that used the whole budget waits out the rest of its second; otherwise sleep
-    # until the next poll is due, but never long, so new work is picked up quickly.
-    if polled >= settings.AIGPTIMAGE_POLL_BUDGET:
-        return max(0.0, 1.0 - (time.monotonic() - started))
+def _pause_after_round(budget: PollBudget) -> float:
+    # Sleep until the next poll is due, or until the budget has room again, but never long, so
+    # that new work and freed slots are picked up quickly.
+    if wait := budget.seconds_until_free():
+        return wait
     next_due = (
         Generation.objects.polling()
         .exclude(next_poll_at__isnull=True)
@@ -161,28 +188,26 @@ def _pause_after_round(started: float, polled: int) -> float:
     return min(1.0, max(0.02, (next_due - timezone.now()).total_seconds()))
 
 
-def sweep_once(client: provider.ProviderClient, pool: ThreadPoolExecutor) -> int:
-    """One round: polls, then downloads that are due, then submissions. Returns polls made."""
+def sweep_once(
+    client: provider.ProviderClient, pool: ThreadPoolExecutor, budget: PollBudget
+) -> None:
+    """One round: polls within the budget, then downloads that are due, then submissions."""
     now = timezone.now()
     account = ProviderAccount.get()
-    polled = 0
-    if account.may_query(now):
-        due = list(
-            Generation.objects.due_for_poll(now).order_by("next_poll_at")[
-                : settings.AIGPTIMAGE_POLL_BUDGET
-            ]
-        )
+    if account.may_query(now) and (room := budget.available()):
+        due = list(Generation.objects.due_for_poll(now).order_by("next_poll_at")[:room])
         overdue = [g for g in due if g.is_past_deadline(now)]
         for generation in overdue:
             generation.mark_failed(
-                "The image service took too long and the request was given up. Retry to try again.",
+                "The image service took too long and the request was given up. "
+                "Retry to try again.",
                 "timeout",
             )
         due = [g for g in due if g not in overdue]
+        budget.spend(len(due))
         # Only the HTTP calls run in threads; every database write stays in this thread.
         outcomes = pool.map(lambda g: _fetch_record(client, g.task_id), due)
         for generation, outcome in zip(due, outcomes, strict=True):
-            polled += 1
             if not apply_poll(generation, outcome, account):
                 break
     for generation in Generation.objects.due_for_download(now)[:20]:
@@ -190,7 +215,6 @@ def sweep_once(client: provider.ProviderClient, pool: ThreadPoolExecutor) -> int
             async_task("gallery.tasks.download_images", generation.pk, task_name="download")
     if Generation.objects.ready(now).exists():
         submit_queued()
-    return polled
 
 
 def _fetch_record(

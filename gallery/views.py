@@ -1,21 +1,31 @@
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_not_required
 from django.http import FileResponse, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.utils.cache import patch_cache_control
+from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.utils.text import slugify
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import reswap, retarget
 
 from gallery import tasks
-from gallery.forms import GenerationForm, SignupForm
-from gallery.models import Generation, Image
+from gallery.forms import (
+    BulkActionForm,
+    GalleryFilterForm,
+    GenerationForm,
+    ShareLinkForm,
+    SignupForm,
+)
+from gallery.models import Generation, Image, ShareLink
 
 PAGE_SIZE = 24
 MAX_WATCHED = 100
+SETTINGS_FIELDS = ["aspect_ratio", "resolution", "output_format"]
 
 
 def _get_generation_for_user(request: HttpRequest, pk: int) -> Generation:
@@ -23,7 +33,24 @@ def _get_generation_for_user(request: HttpRequest, pk: int) -> Generation:
 
 
 def _get_image_for_user(request: HttpRequest, pk: int) -> Image:
-    return get_object_or_404(Image.objects.owned_by(request.user), pk=pk)
+    return get_object_or_404(
+        Image.objects.owned_by(request.user).select_related("generation"), pk=pk
+    )
+
+
+def _get_active_share_link(token: str) -> ShareLink:
+    return get_object_or_404(
+        ShareLink.objects.active().select_related("image__generation"), token=token
+    )
+
+
+def _next_url(request: HttpRequest, default: str) -> str:
+    """Where to go back to after a POST: the form's `next` if it is on this site."""
+    target = request.POST.get("next", "")
+    safe = url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    )
+    return target if target and safe else default
 
 
 def _pending_ids(user) -> list[int]:
@@ -32,18 +59,42 @@ def _pending_ids(user) -> list[int]:
     )
 
 
+def _gallery_page(request: HttpRequest, filters: GalleryFilterForm) -> dict:
+    """One page of the gallery, keyset-paged on the id so its cost stays flat."""
+    generations = filters.filter(Generation.objects.owned_by(request.user))
+    if cursor := filters.cursor():
+        generations = generations.filter(pk__lt=cursor)
+    page = list(generations.prefetch_related("images")[: PAGE_SIZE + 1])
+    more = len(page) > PAGE_SIZE
+    page = page[:PAGE_SIZE]
+    next_url = ""
+    if more:
+        query = {k: v for k, v in request.GET.items() if k != "before"}
+        next_url = "?" + urlencode({**query, "before": page[-1].pk})
+    return {
+        "generations": page,
+        "next_url": next_url,
+        "pending_ids": [g.pk for g in page if g.is_pending],
+    }
+
+
 def _gallery_context(request: HttpRequest, form: GenerationForm) -> dict:
-    generations = list(
-        Generation.objects.owned_by(request.user).prefetch_related("images")[: PAGE_SIZE + 1]
-    )
-    more = len(generations) > PAGE_SIZE
-    generations = generations[:PAGE_SIZE]
+    filters = GalleryFilterForm(request.GET)
     return {
         "form": form,
-        "generations": generations,
-        "next_cursor": generations[-1].pk if more else None,
-        "pending_ids": [g.pk for g in generations if g.is_pending],
+        "filters": filters,
+        "counts": Generation.objects.owned_by(request.user).counts(),
+        **_gallery_page(request, filters),
     }
+
+
+def _remix_initial(request: HttpRequest) -> dict:
+    """Prefill the form from ?remix=<id>: the same prompt and settings as that generation."""
+    remix = request.GET.get("remix", "")
+    if not remix.isdigit():
+        return {}
+    generation = _get_generation_for_user(request, int(remix))
+    return {name: getattr(generation, name) for name in ["prompt", *SETTINGS_FIELDS]}
 
 
 @login_not_required
@@ -62,7 +113,12 @@ def signup(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 def index(request: HttpRequest) -> HttpResponse:
-    return render(request, "gallery/index.html", _gallery_context(request, GenerationForm()))
+    if request.htmx and "before" in request.GET:
+        # Infinite scroll: the next page of cards and the loader for the one after.
+        page = _gallery_page(request, GalleryFilterForm(request.GET))
+        return render(request, "gallery/index.html#page", {**page, "next_page": True})
+    form = GenerationForm(initial=_remix_initial(request))
+    return render(request, "gallery/index.html", _gallery_context(request, form))
 
 
 @require_POST
@@ -73,16 +129,14 @@ def create(request: HttpRequest) -> HttpResponse:
             response = render(request, "gallery/index.html#generate-form", {"form": form})
             return reswap(retarget(response, "#generate-form"), "outerHTML")
         # Without htmx the whole page comes back with the prompt and the messages in place.
-        context = _gallery_context(request, form)
-        return render(request, "gallery/index.html", context, status=400)
+        return render(request, "gallery/index.html", _gallery_context(request, form), status=400)
     generations = form.save_for(request.user)
     tasks.wake_submission()
     if not request.htmx:
         return redirect("gallery:index")
-    fresh = GenerationForm(initial={k: form.cleaned_data[k] for k in form.Meta.fields[1:]})
     context = {
         "generations": generations,
-        "form": fresh,
+        "form": GenerationForm(initial={k: form.cleaned_data[k] for k in SETTINGS_FIELDS}),
         "pending_ids": _pending_ids(request.user),
     }
     return render(request, "gallery/index.html#created", context)
@@ -108,12 +162,155 @@ def retry(request: HttpRequest, pk: int) -> HttpResponse:
     if generation.retry():
         tasks.wake_submission()
     if not request.htmx:
-        return redirect("gallery:index")
+        return redirect(_next_url(request, reverse("gallery:index")))
     context = {"generation": generation, "pending_ids": _pending_ids(request.user)}
     return render(request, "gallery/index.html#retried", context)
 
 
-def _file_response(image: Image, field: str, *, download: bool) -> FileResponse:
+@require_POST
+def rerun(request: HttpRequest, pk: int) -> HttpResponse:
+    """A new generation with the same prompt and settings."""
+    generation = _get_generation_for_user(request, pk)
+    copy = Generation.objects.create(
+        owner=request.user,
+        prompt=generation.prompt,
+        **{name: getattr(generation, name) for name in SETTINGS_FIELDS},
+    )
+    tasks.wake_submission()
+    messages.success(request, "Started again with the same prompt and settings.")
+    return redirect(reverse("gallery:index") + f"#card-{copy.pk}")
+
+
+@require_GET
+def detail(request: HttpRequest, pk: int) -> HttpResponse:
+    generation = _get_generation_for_user(request, pk)
+    images = list(generation.images.prefetch_related("share_links"))
+    context = {
+        "generation": generation,
+        "images": images,
+        "share_form": ShareLinkForm(),
+    }
+    return render(request, "gallery/detail.html", context)
+
+
+@require_http_methods(["GET", "POST"])
+def delete(request: HttpRequest, pk: int) -> HttpResponse:
+    generation = _get_generation_for_user(request, pk)
+    if request.method == "POST":
+        Generation.objects.filter(pk=generation.pk).delete_with_files()
+        messages.success(request, "The image was deleted.")
+        return redirect("gallery:index")
+    return render(request, "gallery/confirm_delete.html", {"generations": [generation]})
+
+
+@require_POST
+def favorite(request: HttpRequest, pk: int) -> HttpResponse:
+    generation = _get_generation_for_user(request, pk)
+    generation.is_favorite = request.POST.get("favorite") == "1"
+    generation.save(update_fields=["is_favorite", "updated_at"])
+    if request.htmx:
+        return render(request, "gallery/index.html#favorite", {"generation": generation})
+    return redirect(_next_url(request, generation.get_absolute_url()))
+
+
+@require_POST
+def bulk(request: HttpRequest) -> HttpResponse:
+    """Favourite, unfavourite or delete several selected generations at once."""
+    form = BulkActionForm(request.POST, queryset=Generation.objects.owned_by(request.user))
+    if not form.is_valid():
+        for errors in form.errors.values():
+            messages.error(request, errors[0])
+        return redirect("gallery:index")
+    selected = form.selected()
+    action = form.cleaned_data["action"]
+    if action == "delete":
+        if not form.cleaned_data["confirm"]:
+            context = {"generations": list(selected), "bulk": True}
+            return render(request, "gallery/confirm_delete.html", context)
+        deleted = selected.delete_with_files()
+        messages.success(request, f"Deleted {deleted} image(s).")
+    else:
+        updated = selected.update(is_favorite=action == "favorite")
+        label = "Added to" if action == "favorite" else "Removed from"
+        messages.success(request, f"{label} favourites: {updated} image(s).")
+    return redirect("gallery:index")
+
+
+# Sharing
+
+
+@require_POST
+def share_create(request: HttpRequest, pk: int) -> HttpResponse:
+    image = _get_image_for_user(request, pk)
+    form = ShareLinkForm(request.POST)
+    if form.is_valid():
+        link = form.save_for(image)
+        messages.success(request, "Share link created. Anyone with the link can see the image.")
+        return redirect(image.generation.get_absolute_url() + f"#link-{link.pk}")
+    messages.error(request, "That expiry is not one of the choices.")
+    return redirect(image.generation.get_absolute_url())
+
+
+@require_GET
+def share_list(request: HttpRequest) -> HttpResponse:
+    links = ShareLink.objects.owned_by(request.user).select_related("image__generation")
+    return render(request, "gallery/shares.html", {"links": links})
+
+
+@require_POST
+def share_revoke(request: HttpRequest, pk: int) -> HttpResponse:
+    link = get_object_or_404(ShareLink.objects.owned_by(request.user), pk=pk)
+    link.revoke()
+    messages.success(request, "The link is revoked: it no longer opens for anyone.")
+    return redirect(_next_url(request, reverse("gallery:shares")))
+
+
+def _absolute(request: HttpRequest, path: str) -> str:
+    # SITE_URL wins behind a proxy that does not pass the public host on.
+    return (
+        settings.SITE_URL.rstrip("/") + path
+        if settings.SITE_URL
+        else request.build_absolute_uri(path)
+    )
+
+
+def _public_headers(response: HttpResponse) -> HttpResponse:
+    response["Referrer-Policy"] = "no-referrer"
+    response["X-Robots-Tag"] = "noindex, nofollow"
+    # Revoking must work at once, so nothing may keep a copy without asking again.
+    patch_cache_control(response, no_cache=True, public=True)
+    return response
+
+
+@login_not_required
+@require_GET
+def share_page(request: HttpRequest, token: str) -> HttpResponse:
+    link = _get_active_share_link(token)
+    link.record_view()
+    image_url = _absolute(request, reverse("share_image", args=[token]))
+    context = {
+        "link": link,
+        "image": link.image,
+        "generation": link.image.generation,
+        "image_url": image_url,
+        "page_url": _absolute(request, request.path),
+    }
+    return _public_headers(render(request, "gallery/share.html", context))
+
+
+@login_not_required
+@require_GET
+def share_image(request: HttpRequest, token: str) -> FileResponse:
+    link = _get_active_share_link(token)
+    return _public_headers(_file_response(link.image, "file", download=False, private=False))
+
+
+# Image files
+
+
+def _file_response(
+    image: Image, field: str, *, download: bool, private: bool = True
+) -> FileResponse:
     if field == "thumbnail":
         response = FileResponse(image.thumbnail.open("rb"), content_type="image/webp")
     else:
@@ -125,8 +322,9 @@ def _file_response(image: Image, field: str, *, download: bool) -> FileResponse:
             filename=f"banana-{name}-{image.generation_id}-{image.index + 1}.{image.extension}",
         )
     response["X-Content-Type-Options"] = "nosniff"
-    # Private: a shared cache must never hand one user's image to another.
-    patch_cache_control(response, private=True, max_age=86400)
+    if private:
+        # A shared cache must never hand one user's image to another.
+        patch_cache_control(response, private=True, max_age=86400)
     return response
 
 

@@ -1,0 +1,970 @@
+"""A faithful, offline stand-in for the Nano Banana 2 text-to-image jobs API.
+
+A real threaded HTTP server on loopback that speaks /work/shared/provider-contract.md exactly:
+Bearer keys, validation, the state walk, X-Request-ID de-duplication, per-tier rate and
+active-task limits, credits, signed result URLs that expire, and real PNG/JPEG images of the
+documented size. Faults are switched on for the whole server by `SimulatorConfig` or for one
+task by markers in its prompt (`[sim:fail]`, `[sim:500=2]`…). docs/simulator.md is the reference.
+
+It deliberately imports nothing from Django or from the app's provider client: it is the other
+side of the contract, so a drift between the two shows up as a failing test instead of hiding.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import contextlib
+import email.utils
+import functools
+import hashlib
+import hmac
+import io
+import json
+import math
+import os
+import random
+import re
+import secrets
+import socket
+import socketserver
+import sys
+import threading
+import time
+import traceback
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+DEFAULT_API_KEY = "sim-key"
+MODEL = "nano-banana-2-text-to-image"
+PROMPT_MAX_LENGTH = 20_000
+OUTPUT_FORMATS = ("png", "jpg")
+RESOLUTIONS = ("1K", "2K", "4K")
+ASPECT_RATIOS = (
+    "auto", "1:1", "1:4", "1:8", "2:3", "3:2", "3:4", "4:1",
+    "4:3", "4:5", "5:4", "8:1", "9:16", "16:9", "21:9",
+)  # fmt: skip
+SIZES_1K = {
+    "1:1": (1024, 1024), "2:3": (848, 1264), "3:2": (1264, 848), "3:4": (896, 1200),
+    "4:3": (1200, 896), "4:5": (928, 1152), "5:4": (1152, 928), "9:16": (768, 1376),
+    "16:9": (1376, 768), "21:9": (1584, 672), "1:4": (512, 2048), "4:1": (2048, 512),
+    "1:8": (384, 3072), "8:1": (3072, 384),
+}  # fmt: skip
+RESOLUTION_SCALE = {"1K": 1, "2K": 2, "4K": 4}
+CREDIT_COST = {"1K": 1, "2K": 2, "4K": 4}
+
+# Seconds per state at speed 1.0, from the contract's "about 10-20 s at 1K, 30-40 s at 2K…".
+WAITING_SECONDS = 1.0
+QUEUING_SECONDS = 2.0
+GENERATING_SECONDS = {"1K": 12.0, "2K": 35.0, "4K": 60.0}
+JITTER = 0.1
+
+PENDING_STATES = ("waiting", "queuing", "generating")
+STATES = (*PENDING_STATES, "success", "fail")
+TIER_NAMES = ("free", "basic", "standard", "pro")
+
+MARKER_RE = re.compile(r"\[sim:([a-z0-9-]+)(?:=([^\]\s]*))?\]", re.IGNORECASE)
+# Markers that make createTask answer an error code, checked in this order; each takes an
+# optional `=N` (only the first N calls) and otherwise applies to every call.
+CREATE_ERROR_MARKERS = ("401", "402", "400", "422", "409", "429", "429-header", "429-date", "500")
+CREATE_ERROR_MESSAGES = {
+    400: "invalid request parameters",
+    401: "API key is missing or invalid",
+    402: "insufficient credits",
+    409: "active task limit exceeded",
+    422: "parameter validation failed: the prompt was rejected",
+    429: "rate limit exceeded",
+    500: "internal server error",
+}
+CONTENT_POLICY_MESSAGE = (
+    "The prompt or the generated image was flagged by the content policy. Please revise it."
+)
+MAX_BODY_BYTES = 1_000_000
+# The drawing is made at about this many pixels, then upscaled: a 4K image stays quick.
+DRAW_PIXELS = 262_144
+IMAGE_CACHE_BYTES = 256 * 1024 * 1024
+BROKEN_PAGE = (
+    b"<html><head><title>502 Bad Gateway</title></head><body>"
+    b"<center><h1>502 Bad Gateway</h1></center><hr><center>nginx</center></body></html>\n"
+)
+
+
+@dataclass(frozen=True)
+class Tier:
+    create_per_second: int
+    create_per_minute: int
+    query_per_second: int
+    query_per_minute: int
+    active_tasks: int
+
+    def limits(self, kind: str) -> tuple[tuple[int, int], ...]:
+        """(window seconds, allowed calls) for "create" or "query", widest window first."""
+        if kind == "create":
+            return ((60, self.create_per_minute), (1, self.create_per_second))
+        return ((60, self.query_per_minute), (1, self.query_per_second))
+
+
+TIERS = {
+    "free": Tier(1, 10, 2, 60, 1),
+    "basic": Tier(5, 180, 20, 1000, 5),
+    "standard": Tier(10, 600, 50, 3000, 15),
+    "pro": Tier(20, 1200, 100, 6000, 30),
+}
+
+
+def parse_api_keys(text: str) -> dict[str, str]:
+    """`"sim-key:basic,other:free"` -> {"sim-key": "basic", "other": "free"}; the tier defaults
+    to basic."""
+    keys: dict[str, str] = {}
+    for item in text.split(","):
+        key, _, tier = item.strip().partition(":")
+        if key.strip():
+            keys[key.strip()] = tier.strip().lower() or "basic"
+    return keys
+
+
+def _env_bool(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass
+class SimulatorConfig:
+    api_keys: dict[str, str] = field(default_factory=lambda: {DEFAULT_API_KEY: "basic"})
+    speed: float = 1.0
+    credits: int | None = None
+    fail_rate: float = 0.0
+    error_rate: float = 0.0
+    slow_seconds: float = 0.0
+    result_ttl: float = 86400.0
+    message_key: str = "msg"
+    empty_fail_code: bool = False
+    seed: int | None = None
+    verbose: bool = False
+
+    def __post_init__(self) -> None:
+        unknown = {tier for tier in self.api_keys.values() if tier not in TIERS}
+        if unknown:
+            raise ValueError(f"unknown tier {sorted(unknown)}; use one of {', '.join(TIERS)}")
+        if self.speed <= 0:
+            raise ValueError("speed must be greater than 0")
+        if not (0 <= self.fail_rate <= 1 and 0 <= self.error_rate <= 1):
+            raise ValueError("fail_rate and error_rate must be between 0 and 1")
+        if self.message_key not in ("msg", "message"):
+            raise ValueError('message_key must be "msg" or "message"')
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> SimulatorConfig:
+        config: dict[str, Any] = {}
+        readers: dict[str, tuple[str, Any]] = {
+            "SIMULATOR_API_KEYS": ("api_keys", parse_api_keys),
+            "SIMULATOR_SPEED": ("speed", float),
+            "SIMULATOR_CREDITS": ("credits", int),
+            "SIMULATOR_FAIL_RATE": ("fail_rate", float),
+            "SIMULATOR_ERROR_RATE": ("error_rate", float),
+            "SIMULATOR_SLOW_SECONDS": ("slow_seconds", float),
+            "SIMULATOR_RESULT_TTL": ("result_ttl", float),
+            "SIMULATOR_MESSAGE_KEY": ("message_key", str.strip),
+            "SIMULATOR_EMPTY_FAIL_CODE": ("empty_fail_code", _env_bool),
+            "SIMULATOR_SEED": ("seed", int),
+            "SIMULATOR_VERBOSE": ("verbose", _env_bool),
+        }
+        for name, (attribute, read) in readers.items():
+            value = environ.get(name, "")
+            if value.strip():
+                try:
+                    config[attribute] = read(value)
+                except ValueError as e:
+                    raise ValueError(f"{name}={value!r} is not valid: {e}") from e
+        return cls(**config)
+
+
+def image_size(aspect_ratio: str, resolution: str) -> tuple[int, int]:
+    """The documented (width, height) of an image; `auto` is 1:1 for text-to-image."""
+    width, height = SIZES_1K["1:1" if aspect_ratio == "auto" else aspect_ratio]
+    scale = RESOLUTION_SCALE[resolution]
+    return width * scale, height * scale
+
+
+def parse_markers(prompt: str) -> dict[str, str | None]:
+    """`[sim:NAME]` and `[sim:NAME=VALUE]` anywhere in the prompt, names case-insensitive."""
+    return {m.group(1).lower(): m.group(2) for m in MARKER_RE.finditer(prompt)}
+
+
+def _marker_count(value: str | None) -> float:
+    """How many calls a counted marker applies to: all of them when it has no number."""
+    if value is None:
+        return math.inf
+    try:
+        return max(0, int(value))
+    except ValueError:
+        return 0
+
+
+def _marker_seconds(value: str | None) -> float:
+    try:
+        return min(max(0.0, float(value or 0)), 600.0)
+    except ValueError:
+        return 0.0
+
+
+def _epoch_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: Mapping[str, str]
+    body: bytes
+
+
+@dataclass
+class Reply:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+
+
+@dataclass
+class _Task:
+    task_id: str
+    api_key: str
+    request_id: str | None
+    param: str
+    prompt: str
+    markers: dict[str, str | None]
+    aspect_ratio: str
+    resolution: str
+    output_format: str
+    fail: tuple[str, str] | None  # (failCode, failMsg) when the task is to end in fail
+    started: float  # time.monotonic() at creation
+    create_time: int  # epoch ms
+    phase_ends: tuple[float, float, float]  # seconds after creation: waiting, queuing, generating
+    queries: int = 0
+
+    def state(self, now: float) -> str:
+        elapsed = now - self.started
+        for state, end in zip(PENDING_STATES, self.phase_ends, strict=True):
+            if elapsed < end:
+                return state
+        return "fail" if self.fail else "success"
+
+    @property
+    def duration_ms(self) -> int:
+        return round(self.phase_ends[-1] * 1000)
+
+    @property
+    def result_count(self) -> int:
+        if "multi" not in self.markers:
+            return 1
+        value = self.markers["multi"]
+        return min(8, max(1, int(value))) if value and value.isdigit() else 2
+
+
+class _ImageCache:
+    """A small LRU of encoded images, bounded in bytes, so repeated downloads cost nothing."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, int]) -> bytes | None:
+        with self._lock:
+            data = self._items.get(key)
+            if data is not None:
+                self._items.move_to_end(key)
+            return data
+
+    def put(self, key: tuple[str, int], data: bytes) -> None:
+        with self._lock:
+            if key in self._items or len(data) > self.max_bytes:
+                return
+            self._items[key] = data
+            self._size += len(data)
+            while self._size > self.max_bytes:
+                _, dropped = self._items.popitem(last=False)
+                self._size -= len(dropped)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._size = 0
+
+
+class Simulator:
+    """The provider's state and logic, independent of HTTP. Thread-safe behind one lock."""
+
+    def __init__(self, config: SimulatorConfig) -> None:
+        self.config = config
+        # Where result URLs point when a request carries no Host header; set by the server.
+        self.base_url = ""
+        self._lock = threading.Lock()
+        self._random = random.Random(config.seed)
+        # Result URLs are signed with a per-process secret, so they cannot be guessed.
+        self._secret = secrets.token_bytes(32)
+        self._images = _ImageCache(IMAGE_CACHE_BYTES)
+        self._clear()
+
+    def _clear(self) -> None:
+        self._tasks: dict[str, _Task] = {}
+        self._tasks_by_request_id: dict[tuple[str, str], _Task] = {}
+        self._active: dict[str, list[_Task]] = {}
+        self._windows: dict[tuple[str, str], deque[float]] = {}
+        self._marker_calls: dict[tuple[str, str, str], int] = {}
+        self._create_calls = 0
+        self._create_calls_by_request_id: dict[str, int] = {}
+        self._task_ids_by_request_id: dict[str, list[str]] = {}
+        self._query_calls = 0
+        self._answers: dict[str, int] = {}
+        self._downloads = 0
+
+    def reset(self) -> None:
+        """Forget every task and counter; the config (and so the credit balance) stays."""
+        with self._lock:
+            self._clear()
+        self._images.clear()
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            now = time.monotonic()
+            states = dict.fromkeys(STATES, 0)
+            for task in self._tasks.values():
+                states[task.state(now)] += 1
+            return {
+                "createTask": {
+                    "calls": self._create_calls,
+                    "byRequestId": dict(self._create_calls_by_request_id),
+                },
+                "tasksByRequestId": {
+                    key: list(ids) for key, ids in self._task_ids_by_request_id.items()
+                },
+                "tasksCreated": len(self._tasks),
+                "recordInfo": {"calls": self._query_calls},
+                "answers": dict(self._answers),
+                "tasks": states,
+                "credits": self.config.credits,
+                "downloads": self._downloads,
+            }
+
+    # HTTP-independent entry point -------------------------------------------------------------
+
+    def handle(self, request: Request) -> Reply:
+        path = request.path
+        if path == "/_simulator/status" and request.method == "GET":
+            return self._json(200, self.status())
+        if path == "/_simulator/reset" and request.method == "POST":
+            self.reset()
+            return self._json(200, self.status())
+        if path.startswith("/files/") and request.method == "GET":
+            return self._download(path)
+        if not path.startswith("/api/v1/"):
+            return self._envelope(404, "not found")
+        with self._lock:
+            reply = self._api(request)
+            self._answers[str(reply.status)] = self._answers.get(str(reply.status), 0) + 1
+        reply.delay += self.config.slow_seconds
+        return reply
+
+    def error(self, code: int, message: str) -> Reply:
+        """An error answer in the API's envelope, for failures found before `handle`."""
+        return self._envelope(code, message)
+
+    def internal_error(self) -> Reply:
+        return self._envelope(500, "internal server error")
+
+    # The API, always called with the lock held ------------------------------------------------
+
+    def _api(self, request: Request) -> Reply:
+        routes = {
+            "/api/v1/jobs/createTask": ("POST", self._create_task),
+            "/api/v1/jobs/recordInfo": ("GET", self._record_info),
+        }
+        route = routes.get(request.path)
+        if route is not None and route[0] == request.method:
+            return route[1](request)
+        if self._random.random() < self.config.error_rate:
+            return self.internal_error()
+        _, refusal = self._authorize(request)
+        if refusal is not None:
+            return refusal
+        if route is None:
+            return self._envelope(404, "not found")
+        return self._envelope(405, f"method {request.method} not allowed")
+
+    def _authorize(self, request: Request) -> tuple[str, Reply | None]:
+        scheme, _, key = request.headers.get("Authorization", "").strip().partition(" ")
+        key = key.strip()
+        if scheme.lower() != "bearer" or not key:
+            return "", self._envelope(401, "API key is missing")
+        if key not in self.config.api_keys:
+            return "", self._envelope(401, "API key is invalid")
+        return key, None
+
+    def _rate_limited(self, api_key: str, kind: str) -> Reply | None:
+        """Count this call in the key's sliding windows, or refuse it with 429 (not counted)."""
+        tier_name = self.config.api_keys[api_key]
+        now = time.monotonic()
+        calls = self._windows.setdefault((api_key, kind), deque())
+        while calls and calls[0] <= now - 60:
+            calls.popleft()
+        for window, limit in TIERS[tier_name].limits(kind):
+            in_window = [t for t in calls if t > now - window] if window < 60 else list(calls)
+            if len(in_window) >= limit:
+                # The call may go once enough of the calls in the window have left it.
+                leaves_at = in_window[len(in_window) - limit] + window
+                retry_after = max(1, math.ceil(leaves_at - now))
+                data = {
+                    "retryAfter": retry_after,
+                    "limit": limit,
+                    "tier": tier_name,
+                    "windowSeconds": window,
+                }
+                return self._envelope(
+                    429, "rate limit exceeded", data, headers={"Retry-After": str(retry_after)}
+                )
+        calls.append(now)
+        return None
+
+    def _create_task(self, request: Request) -> Reply:
+        self._create_calls += 1
+        request_id = request.headers.get("X-Request-ID", "").strip() or None
+        if request_id:
+            by_id = self._create_calls_by_request_id
+            by_id[request_id] = by_id.get(request_id, 0) + 1
+        if self._random.random() < self.config.error_rate:
+            return self.internal_error()
+        api_key, refusal = self._authorize(request)
+        if refusal is not None:
+            return refusal
+        refusal = self._rate_limited(api_key, "create")
+        if refusal is not None:
+            return refusal
+
+        body, refusal = self._parse_create_body(request.body)
+        if refusal is not None:
+            return refusal
+        task_input = body["input"]
+        prompt: str = task_input["prompt"]
+        markers = parse_markers(prompt)
+        delay = _marker_seconds(markers.get("slow"))
+        if "broken" in markers:
+            return Reply(200, BROKEN_PAGE, "text/html", delay=delay)
+        refusal = self._create_marker_error(api_key, request_id, prompt, markers)
+        if refusal is not None:
+            refusal.delay = delay
+            return refusal
+
+        if request_id and (api_key, request_id) in self._tasks_by_request_id:
+            # The same key and X-Request-ID again: the task made the first time, no new charge.
+            task = self._tasks_by_request_id[api_key, request_id]
+            return self._envelope(200, "success", {"taskId": task.task_id}, delay=delay)
+
+        tier = TIERS[self.config.api_keys[api_key]]
+        now = time.monotonic()
+        active = [t for t in self._active.get(api_key, []) if t.state(now) in PENDING_STATES]
+        self._active[api_key] = active
+        if len(active) >= tier.active_tasks:
+            return self._envelope(409, "active task limit exceeded", delay=delay)
+        resolution = task_input.get("resolution") or "1K"
+        cost = CREDIT_COST[resolution]
+        if self.config.credits is not None:
+            if self.config.credits < cost:
+                return self._envelope(402, "insufficient credits", delay=delay)
+            self.config.credits -= cost
+
+        task = self._new_task(api_key, request_id, body, markers, now)
+        active.append(task)
+        return self._envelope(200, "success", {"taskId": task.task_id}, delay=delay)
+
+    def _parse_create_body(self, raw: bytes) -> tuple[dict[str, Any], Reply | None]:
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return {}, self._envelope(400, "request body is not valid JSON")
+        if not isinstance(body, dict):
+            return {}, self._envelope(400, "request body must be a JSON object")
+        model = body.get("model")
+        if not isinstance(model, str):
+            return {}, self._envelope(400, "model is required and must be a string")
+        task_input = body.get("input")
+        if not isinstance(task_input, dict):
+            return {}, self._envelope(400, "input is required and must be an object")
+        prompt = task_input.get("prompt")
+        if not isinstance(prompt, str):
+            return {}, self._envelope(400, "input.prompt is required and must be a string")
+        if model != MODEL:
+            return {}, self._envelope(422, f"model is not supported: {model!r}; use {MODEL}")
+        if not 1 <= len(prompt) <= PROMPT_MAX_LENGTH:
+            return {}, self._envelope(
+                422,
+                f"input.prompt must be 1 to {PROMPT_MAX_LENGTH} characters long, got {len(prompt)}",
+            )
+        for name, allowed in (
+            ("aspect_ratio", ASPECT_RATIOS),
+            ("resolution", RESOLUTIONS),
+            ("output_format", OUTPUT_FORMATS),
+        ):
+            value = task_input.get(name)
+            if value is not None and value not in allowed:
+                return {}, self._envelope(
+                    422, f"input.{name} must be one of {', '.join(allowed)}; got {value!r}"
+                )
+        return body, None
+
+    def _create_marker_error(
+        self, api_key: str, request_id: str | None, prompt: str, markers: dict[str, str | None]
+    ) -> Reply | None:
+        counted = [name for name in CREATE_ERROR_MARKERS if name in markers]
+        if not counted:
+            return None
+        # Calls are counted per X-Request-ID, so a client retrying with the same ID sees the
+        # fault end; without an ID the prompt stands in for it.
+        identity = (api_key, "id", request_id) if request_id else (api_key, "prompt", prompt)
+        call = self._marker_calls[identity] = self._marker_calls.get(identity, 0) + 1
+        for name in counted:
+            if call > _marker_count(markers[name]):
+                continue
+            code = int(name[:3])
+            if name == "429":
+                tier_name = self.config.api_keys[api_key]
+                data = {
+                    "retryAfter": 1,
+                    "limit": TIERS[tier_name].create_per_second,
+                    "tier": tier_name,
+                    "windowSeconds": 1,
+                }
+                return self._envelope(429, "rate limit exceeded", data, {"Retry-After": "1"})
+            if name == "429-header":
+                return self._envelope(429, "rate limit exceeded", headers={"Retry-After": "1"})
+            if name == "429-date":
+                # An HTTP date has one-second precision: aim at the next whole second and one.
+                when = email.utils.formatdate(math.ceil(time.time()) + 1, usegmt=True)
+                return self._envelope(429, "rate limit exceeded", headers={"Retry-After": when})
+            return self._envelope(code, CREATE_ERROR_MESSAGES[code])
+        return None
+
+    def _new_task(
+        self,
+        api_key: str,
+        request_id: str | None,
+        body: dict[str, Any],
+        markers: dict[str, str | None],
+        now: float,
+    ) -> _Task:
+        task_input = body["input"]
+        resolution = task_input.get("resolution") or "1K"
+        speed = self.config.speed
+        phases = (WAITING_SECONDS, QUEUING_SECONDS, GENERATING_SECONDS[resolution])
+        ends: list[float] = []
+        for seconds in phases:
+            jittered = seconds * speed * self._random.uniform(1 - JITTER, 1 + JITTER)
+            ends.append((ends[-1] if ends else 0.0) + jittered)
+        fail: tuple[str, str] | None = None
+        if "fail500" in markers:
+            fail = ("500", "internal error")
+        elif "fail" in markers:
+            fail = ("400", CONTENT_POLICY_MESSAGE)
+        elif self._random.random() < self.config.fail_rate:
+            fail = self._random.choice((("400", CONTENT_POLICY_MESSAGE), ("500", "internal error")))
+        task = _Task(
+            task_id=f"task_{uuid.uuid4().hex}",
+            api_key=api_key,
+            request_id=request_id,
+            param=json.dumps(body, ensure_ascii=False),
+            prompt=task_input["prompt"],
+            markers=markers,
+            aspect_ratio=task_input.get("aspect_ratio") or "auto",
+            resolution=resolution,
+            output_format=task_input.get("output_format") or "png",
+            fail=fail,
+            started=now,
+            create_time=_epoch_ms(),
+            phase_ends=(ends[0], ends[1], ends[2]),
+        )
+        self._tasks[task.task_id] = task
+        if request_id:
+            self._tasks_by_request_id[api_key, request_id] = task
+            self._task_ids_by_request_id.setdefault(request_id, []).append(task.task_id)
+        return task
+
+    def _record_info(self, request: Request) -> Reply:
+        self._query_calls += 1
+        if self._random.random() < self.config.error_rate:
+            return self.internal_error()
+        api_key, refusal = self._authorize(request)
+        if refusal is not None:
+            return refusal
+        refusal = self._rate_limited(api_key, "query")
+        if refusal is not None:
+            return refusal
+        task_id = (request.query.get("taskId") or [""])[0].strip()
+        if not task_id:
+            return self._envelope(400, "taskId is required")
+        task = self._tasks.get(task_id)
+        if task is None or task.api_key != api_key:
+            return self._envelope(404, "task not found")
+        task.queries += 1
+        markers = task.markers
+        delay = _marker_seconds(markers.get("slow"))
+        if "query404" in markers:
+            return self._envelope(404, "task not found", delay=delay)
+        if task.queries <= _marker_count(markers.get("query500", "0")):
+            return self._envelope(500, "internal server error", delay=delay)
+        if "broken-query" in markers:
+            # Cut off mid-answer, as a dropped proxy connection leaves it.
+            broken = f'{{"code": 200, "{self.config.message_key}": "success", "data": {{"taskId'
+            return Reply(200, broken.encode(), delay=delay)
+        host = request.headers.get("Host", "")
+        return self._envelope(200, "success", self._record(task, host), delay=delay)
+
+    def _record(self, task: _Task, host: str) -> dict[str, Any]:
+        state = task.state(time.monotonic())
+        reported = state
+        if state == "queuing" and "unknown-state" in task.markers:
+            reported = "preparing"
+        empty = "" if self.config.empty_fail_code else None
+        complete_time = task.create_time + task.duration_ms
+        # The contract: a failed task has resultJson, costTime and completeTime null.
+        succeeded = state == "success"
+        record: dict[str, Any] = {
+            "taskId": task.task_id,
+            "model": MODEL,
+            "state": reported,
+            "param": task.param,
+            "resultJson": None,
+            "failCode": None,
+            "failMsg": None,
+            "costTime": task.duration_ms if succeeded else None,
+            "completeTime": complete_time if succeeded else None,
+            "createTime": task.create_time,
+        }
+        if succeeded:
+            # The expiry counts from completion in real time: result_ttl is not scaled by speed.
+            if "expired" in task.markers:
+                expires = complete_time
+            else:
+                expires = complete_time + round(self.config.result_ttl * 1000)
+            urls = [self._result_url(task, i, expires, host) for i in range(task.result_count)]
+            record.update(
+                resultJson=json.dumps({"resultUrls": urls}), failCode=empty, failMsg=empty
+            )
+        elif state == "fail" and task.fail:
+            record.update(failCode=task.fail[0], failMsg=task.fail[1])
+        return record
+
+    # Result files ------------------------------------------------------------------------------
+
+    def _signature(self, task_id: str, index: int, expires: int) -> str:
+        message = f"{task_id}/{index}/{expires}".encode()
+        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()[:40]
+
+    def _result_url(self, task: _Task, index: int, expires: int, host: str) -> str:
+        # The Host the client used, so the URL works whatever address the server is bound to.
+        origin = f"http://{host}" if host else self.base_url
+        signature = self._signature(task.task_id, index, expires)
+        name = f"{signature}.{task.output_format}"
+        return f"{origin}/files/{task.task_id}/{index}/{expires}/{name}"
+
+    def _download(self, path: str) -> Reply:
+        parts = path.split("/")  # "", "files", task_id, index, expires, "signature.ext"
+        signature = parts[-1].partition(".")[0] if len(parts) == 6 else ""
+        try:
+            task_id, index, expires = parts[2], int(parts[3]), int(parts[4])
+        except (IndexError, ValueError):
+            return self._file_error(403, "AccessDenied", "Signature does not match.")
+        expected = self._signature(task_id, index, expires)
+        if not hmac.compare_digest(signature, expected):
+            return self._file_error(403, "AccessDenied", "Signature does not match.")
+        if _epoch_ms() >= expires:
+            return self._file_error(403, "AccessDenied", "Request has expired.")
+        with self._lock:
+            task = self._tasks.get(task_id)
+            if task is None or index >= task.result_count:
+                return self._file_error(404, "NoSuchKey", "The specified key does not exist.")
+        # Drawn outside the lock: other clients' API calls must not wait for an encoder.
+        data = self._images.get((task_id, index))
+        if data is None:
+            width, height = image_size(task.aspect_ratio, task.resolution)
+            data = render_image(task.prompt, width, height, task.output_format, variant=index)
+            self._images.put((task_id, index), data)
+        with self._lock:
+            self._downloads += 1
+        content_type = "image/jpeg" if task.output_format == "jpg" else "image/png"
+        return Reply(200, data, content_type, {"Cache-Control": "private, max-age=86400"})
+
+    @staticmethod
+    def _file_error(status: int, code: str, message: str) -> Reply:
+        # What an object store answers: XML, never an image.
+        body = f"<Error><Code>{code}</Code><Message>{message}</Message></Error>"
+        return Reply(status, body.encode(), "application/xml")
+
+    # Answers ----------------------------------------------------------------------------------
+
+    def _envelope(
+        self,
+        code: int,
+        message: str,
+        data: Any = None,
+        headers: dict[str, str] | None = None,
+        *,
+        delay: float = 0.0,
+    ) -> Reply:
+        body = {"code": code, self.config.message_key: message, "data": data}
+        return Reply(code, _dumps(body), headers=headers or {}, delay=delay)
+
+    @staticmethod
+    def _json(status: int, payload: Any) -> Reply:
+        return Reply(status, _dumps(payload))
+
+
+def _dumps(payload: Any) -> bytes:
+    return json.dumps(payload, ensure_ascii=False).encode()
+
+
+# Images --------------------------------------------------------------------------------------
+
+
+def _colour(hue: float, lightness: float, saturation: float) -> tuple[int, int, int]:
+    red, green, blue = colorsys.hls_to_rgb(hue % 1.0, lightness, saturation)
+    return round(red * 255), round(green * 255), round(blue * 255)
+
+
+@functools.lru_cache(maxsize=64)
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    # Pillow's bundled font: no system font needed, scalable when FreeType is there.
+    return ImageFont.load_default(size=size)
+
+
+def _caption_lines(draw: ImageDraw.ImageDraw, text: str, font: Any, max_width: float) -> list[str]:
+    lines: list[str] = []
+    for word in text.split():
+        if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= max_width:
+            lines[-1] = f"{lines[-1]} {word}"
+        elif len(lines) == 3:
+            break
+        else:
+            lines.append(word)
+    return lines
+
+
+def render_image(
+    prompt: str, width: int, height: int, output_format: str, *, variant: int = 0
+) -> bytes:
+    """A colourful picture of exactly width x height, derived from a hash of the prompt.
+
+    Drawn at about DRAW_PIXELS and upscaled with a cheap filter, then encoded with fast
+    settings, so a 4K image takes a fraction of a second.
+    """
+    rng = random.Random(hashlib.sha256(f"{variant}\0{prompt}".encode()).digest())
+    scale = max(1.0, math.sqrt(width * height / DRAW_PIXELS))
+    w, h = max(1, round(width / scale)), max(1, round(height / scale))
+
+    hue = rng.random()
+    gradient = rng.choice(
+        (
+            Image.linear_gradient("L"),
+            Image.linear_gradient("L").transpose(Image.Transpose.ROTATE_90),
+            Image.radial_gradient("L"),
+        )
+    )
+    canvas = ImageOps.colorize(
+        gradient.resize((w, h)),
+        _colour(hue, 0.75, 0.9),
+        _colour(hue + rng.uniform(0.25, 0.6), 0.3, 0.85),
+    )
+    draw = ImageDraw.Draw(canvas, "RGBA")
+    unit = min(w, h)
+    # Long, narrow images get more shapes, so that their far ends are not bare.
+    for _ in range(rng.randint(7, 12) + round(2 * max(w, h) / unit)):
+        fill = (*_colour(rng.random(), rng.uniform(0.4, 0.7), 0.9), rng.randint(120, 220))
+        x, y = rng.uniform(0, w), rng.uniform(0, h)
+        r = unit * rng.uniform(0.08, 0.35)
+        shape = rng.choice(("circle", "square", "triangle", "ring"))
+        if shape == "circle":
+            draw.ellipse((x - r, y - r, x + r, y + r), fill=fill)
+        elif shape == "square":
+            draw.rounded_rectangle((x - r, y - r, x + r, y + r), radius=r / 4, fill=fill)
+        elif shape == "triangle":
+            draw.regular_polygon((x, y, r), 3, rotation=rng.uniform(0, 120), fill=fill)
+        else:
+            draw.ellipse((x - r, y - r, x + r, y + r), outline=fill, width=max(2, round(r / 5)))
+
+    text = "".join(ch for ch in MARKER_RE.sub(" ", prompt) if ch.isprintable())
+    font_size = max(10, unit // 11)
+    font = _font(font_size)
+    lines = _caption_lines(draw, text, font, w * 0.84)
+    if lines:
+        line_height = round(font_size * 1.25)
+        box_height = line_height * len(lines) + font_size
+        top = round(h * 0.72 - box_height / 2)
+        draw.rounded_rectangle(
+            (w * 0.05, top, w * 0.95, top + box_height), radius=font_size / 2, fill=(0, 0, 0, 150)
+        )
+        for i, line in enumerate(lines):
+            y = top + font_size / 2 + i * line_height
+            draw.text((w * 0.08, y), line, font=font, fill=(255, 255, 255, 255))
+
+    if (w, h) != (width, height):
+        canvas = canvas.resize((width, height), Image.Resampling.BILINEAR)
+    buffer = io.BytesIO()
+    if output_format == "jpg":
+        canvas.save(buffer, "JPEG", quality=85)
+    else:
+        canvas.save(buffer, "PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+# HTTP ----------------------------------------------------------------------------------------
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: SimulatorServer
+    protocol_version = "HTTP/1.1"  # keep-alive, as the app's pooled client expects
+    # Headers and body go out in two writes; with Nagle on, a delayed ACK costs 40 ms each.
+    disable_nagle_algorithm = True
+    timeout = 120  # an idle keep-alive connection is dropped after this
+
+    def version_string(self) -> str:
+        # What the real service's front answers; the client has no business knowing otherwise.
+        return "nginx"
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    def do_POST(self) -> None:
+        self._dispatch()
+
+    def do_PUT(self) -> None:
+        self._dispatch()
+
+    def do_PATCH(self) -> None:
+        self._dispatch()
+
+    def do_DELETE(self) -> None:
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        simulator = self.server.simulator
+        try:
+            reply = self._read_and_handle(simulator)
+        except Exception:
+            # A bug in the simulator must show, but never kill the connection's thread.
+            traceback.print_exc()
+            self.close_connection = True
+            reply = simulator.internal_error()
+        if reply.delay > 0:
+            time.sleep(reply.delay)
+        try:
+            self.send_response(reply.status)
+            self.send_header("Content-Type", reply.content_type)
+            self.send_header("Content-Length", str(len(reply.body)))
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(reply.body)
+        except OSError:
+            # The client went away (a timeout on its side, or the server shutting down).
+            self.close_connection = True
+
+    def _read_and_handle(self, simulator: Simulator) -> Reply:
+        url = urlsplit(self.path)
+        length_header = self.headers.get("Content-Length")
+        if length_header is None and self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
+            return simulator.error(411, "Content-Length is required")
+        try:
+            length = int(length_header or 0)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_BODY_BYTES:
+            # The unread body would be taken for the next request: close instead.
+            self.close_connection = True
+            return simulator.error(413, "request body is too large")
+        body = self.rfile.read(length) if length else b""
+        request = Request(self.command, url.path, parse_qs(url.query), self.headers, body)
+        return simulator.handle(request)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        if self.server.simulator.config.verbose:
+            sys.stderr.write(f"simulator {self.address_string()} {format % args}\n")
+
+
+class SimulatorServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # bursts of concurrent clients must not see refused connections
+
+    def __init__(self, address: tuple[str, int], simulator: Simulator) -> None:
+        self.simulator = simulator
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        super().__init__(address, _Handler)
+        host, port = self.server_address[:2]
+        shown = "127.0.0.1" if host in ("", "0.0.0.0") else host
+        self.base_url = simulator.base_url = f"http://{shown}:{port}"
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind looks up the host's FQDN, which can stall without a network.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = str(host)
+        self.server_port = port
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client hanging up mid-request is ordinary; anything else is a bug worth a traceback.
+        if self.simulator.config.verbose or not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._connections_lock:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._connections_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def server_close(self) -> None:
+        """Stop listening and drop idle keep-alive connections, so no handler thread lingers."""
+        super().server_close()
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+
+
+def make_server(
+    config: SimulatorConfig, host: str = "127.0.0.1", port: int = 8765
+) -> SimulatorServer:
+    """A bound server, not yet serving; port 0 picks a free port (see `.base_url`)."""
+    return SimulatorServer((host, port), Simulator(config))
+
+
+def start_in_thread(
+    config: SimulatorConfig, host: str = "127.0.0.1", port: int = 0
+) -> SimulatorServer:
+    """Serve in a daemon thread. The caller stops it with shutdown() then server_close()."""
+    server = make_server(config, host, port)
+    thread = threading.Thread(
+        target=server.serve_forever,
+        kwargs={"poll_interval": 0.05},
+        name=f"simulator-{server.server_port}",
+        daemon=True,
+    )
+    thread.start()
+    return server

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from gallery.simulator import DEFAULT_API_KEY, SimulatorConfig, SimulatorServer, start_in_thread
+
+# Simulator fixtures: a fresh provider simulator on loopback for every test that asks for one.
+
+
+@pytest.fixture
+def simulator_config() -> SimulatorConfig:
+    """Fast tasks (a 1K task takes about 0.3 s); override or mutate this to change the server."""
+    return SimulatorConfig(speed=0.02, seed=1)
+
+
+@pytest.fixture
+def simulator(simulator_config: SimulatorConfig) -> Iterator[SimulatorServer]:
+    """A running simulator: `simulator.base_url`, and `simulator.simulator` for status/config."""
+    server = start_in_thread(simulator_config)
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+# App-level fixtures: three users, and settings that point the app at the test's simulator.
+
+
+@pytest.fixture
+def alice(db):
+    from django.contrib.auth.models import User
+
+    return User.objects.create_user("alice", password="password-alice")
+
+
+@pytest.fixture
+def bob(db):
+    from django.contrib.auth.models import User
+
+    return User.objects.create_user("bob", password="password-bob")
+
+
+@pytest.fixture
+def charlie(db):
+    from django.contrib.auth.models import User
+
+    return User.objects.create_user("charlie", password="password-charlie")
+
+
+@pytest.fixture(autouse=True)
+def app_settings(request, settings, tmp_path):
+    """Fast timings, media in a temporary folder, and the provider at the test's simulator.
+
+    A test that does not ask for the simulator gets a base URL where nothing listens, so no
+    test can reach a real provider by accident.
+    """
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.AIGPTIMAGE_API_KEY = DEFAULT_API_KEY
+    settings.AIGPTIMAGE_BASE_URL = "http://127.0.0.1:9"
+    settings.AIGPTIMAGE_TIMEOUT = 5.0
+    settings.AIGPTIMAGE_POLL_INTERVAL = 0.05
+    settings.AIGPTIMAGE_POLL_BUDGET = 15  # the simulator key's "basic" tier allows 20 a second
+    settings.AIGPTIMAGE_POLL_MAX_INTERVAL = 0.1
+    settings.AIGPTIMAGE_RETRY_BASE = 0.01
+    settings.AIGPTIMAGE_CONFLICT_WAIT = 0.05
+    settings.AIGPTIMAGE_PAUSE_PROBE = 0.3
+    settings.SWEEP_SECONDS = 0.5
+    if "simulator" in request.fixturenames:
+        settings.AIGPTIMAGE_BASE_URL = request.getfixturevalue("simulator").base_url

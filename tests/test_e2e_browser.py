@@ -1,0 +1,178 @@
+"""The main flows in a real browser against the whole stack, as `make run` starts it.
+
+Real processes: `runserver` and a django-q2 `qcluster` on a SQLite file, and the provider
+simulator over loopback HTTP; Debian's chromium driven by Playwright.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from gallery.simulator import DEFAULT_API_KEY, SimulatorConfig, start_in_thread
+from tests.support import chromium_path, require
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Stack:
+    url: str
+    simulator_url: str
+    artifacts: Path
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory) -> Iterator[Stack]:
+    require(
+        chromium_path() is not None, "Debian's chromium is not installed (apt-get install chromium)"
+    )
+    tmp = tmp_path_factory.mktemp("stack")
+    simulator = start_in_thread(SimulatorConfig(speed=0.12, seed=3))
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{tmp / 'e2e.sqlite3'}",
+        "MEDIA_ROOT": str(tmp / "media"),
+        "AIGPTIMAGE_BASE_URL": simulator.base_url,
+        "AIGPTIMAGE_API_KEY": DEFAULT_API_KEY,
+        "AIGPTIMAGE_POLL_INTERVAL": "0.3",
+        "AIGPTIMAGE_POLL_MAX_INTERVAL": "0.5",
+        "Q_WORKERS": "2",
+        "DEBUG": "0",
+        "SITE_URL": f"http://127.0.0.1:{port}",
+    }
+    manage = [sys.executable, str(ROOT / "manage.py")]
+    subprocess.run([*manage, "migrate", "--noinput"], env=env, check=True, capture_output=True)
+    log = (tmp / "stack.log").open("w")
+    processes = [
+        subprocess.Popen(
+            [*manage, "runserver", f"127.0.0.1:{port}", "--noreload"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        ),
+        subprocess.Popen([*manage, "qcluster"], env=env, stdout=log, stderr=subprocess.STDOUT),
+    ]
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                requests.get(url + "/accounts/login/", timeout=1)
+                break
+            except requests.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        yield Stack(url=url, simulator_url=simulator.base_url, artifacts=tmp)
+    finally:
+        for process in processes:
+            process.send_signal(2)  # SIGINT: qcluster stops its workers cleanly
+        for process in processes:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        simulator.shutdown()
+        simulator.server_close()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser(stack):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def sign_up(page, stack: Stack, username: str) -> None:
+    page.goto(stack.url + "/accounts/signup/")
+    page.fill("#id_username", username)
+    page.fill("#id_password1", "a-long-pass-phrase")
+    page.fill("#id_password2", "a-long-pass-phrase")
+    page.click("button[type=submit]")
+    page.wait_for_url(stack.url + "/")
+
+
+def test_it_signs_up_generates_and_shows_the_image_without_a_reload(stack, browser):
+    context = browser.new_context()
+    page = context.new_page()
+    sign_up(page, stack, "erin")
+    assert page.get_by_text("Your gallery is empty").is_visible()
+
+    page.evaluate("window.__sameDocument = true")
+    page.fill("#id_prompt", "a lighthouse on a cliff at dawn, oil painting")
+    page.select_option("#id_aspect_ratio", "16:9")
+    page.click("button.button--generate")
+
+    card = page.locator("article.card").first
+    card.wait_for()
+    assert card.get_attribute("data-status") != "done"
+    assert card.locator(".card-state").inner_text()  # the state in words
+    assert card.locator(".card-elapsed").inner_text().endswith("s")
+    assert page.input_value("#id_prompt") == ""  # a fresh form for the next prompt
+    page.screenshot(path=str(stack.artifacts / "pending.png"))
+
+    card.locator("img").wait_for(timeout=30_000)
+    assert card.get_attribute("data-status") == "done"
+    assert page.evaluate("window.__sameDocument") is True  # no reload happened
+    assert not page.get_by_text("Your gallery is empty").is_visible()
+    page.screenshot(path=str(stack.artifacts / "done.png"))
+
+    # The poller stops once nothing is pending.
+    assert page.locator("#poller[hx-trigger]").count() == 0
+
+    with context.expect_page() as opened:
+        card.locator("a.card-link").click()
+    image_page = opened.value
+    image_page.wait_for_load_state()
+    response = image_page.request.get(image_page.url)
+    assert response.headers["content-type"] == "image/png"
+    assert response.body()[:8] == b"\x89PNG\r\n\x1a\n"
+    context.close()
+
+
+def test_it_shows_the_reason_for_a_failure_and_retries(stack, browser):
+    context = browser.new_context()
+    page = context.new_page()
+    sign_up(page, stack, "fred")
+    page.fill("#id_prompt", "something the service refuses [sim:fail]")
+    page.click("button.button--generate")
+    card = page.locator("article.card").first
+    card.locator(".card-reason").wait_for(timeout=30_000)
+    assert card.get_attribute("data-status") == "failed"
+    assert card.locator(".card-reason").inner_text()
+    card.get_by_role("button", name="Retry").click()
+    page.wait_for_function(
+        "document.querySelector('article.card').dataset.status !== 'failed'", timeout=10_000
+    )
+    context.close()

@@ -1,0 +1,317 @@
+"""The gallery's views: accounts, the form, the live cards, image files, ownership."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth.models import User
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+
+from gallery.models import Generation, Image
+from tests.support import finished, run_queued_tasks
+
+VALID = {"prompt": "a lighthouse at dawn", "aspect_ratio": "3:2", "resolution": "2K"}
+
+
+def form_data(**changes) -> dict:
+    return {**VALID, "output_format": "jpg", "count": "1", **changes}
+
+
+@pytest.fixture
+def done_image(alice, simulator) -> Image:
+    generation = Generation.objects.create(owner=alice, prompt="A Lighthouse, at Dawn!")
+    from gallery import tasks
+
+    tasks.submit_queued()
+    run_queued_tasks(until=finished(generation))
+    return generation.images.get()
+
+
+# Accounts
+
+
+def test_it_sends_anonymous_users_to_login(client, db):
+    for url in ["/", "/generations/updates/", "/images/1/", "/images/1/thumbnail/"]:
+        response = client.get(url)
+        assert response.status_code == 302
+        assert response["Location"].startswith(reverse("login"))
+
+
+def test_it_serves_a_styled_login_page(client, db):
+    response = client.get(reverse("login"))
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "css/app.css" in html and 'name="username"' in html and 'name="password"' in html
+
+
+def test_it_signs_up_and_logs_in(client, db):
+    response = client.post(
+        reverse("signup"),
+        {"username": "dora", "password1": "a-long-pass-phrase", "password2": "a-long-pass-phrase"},
+    )
+    assert response.status_code == 302
+    assert response["Location"] == reverse("gallery:index")
+    assert client.get("/").status_code == 200
+    assert User.objects.filter(username="dora").exists()
+
+
+def test_it_explains_a_bad_signup(client, db):
+    response = client.post(
+        reverse("signup"), {"username": "dora", "password1": "abc", "password2": "abd"}
+    )
+    assert response.status_code == 200
+    assert "didn’t match" in response.content.decode()
+    assert not User.objects.filter(username="dora").exists()
+
+
+def test_it_logs_out_by_post_only(client, alice):
+    client.force_login(alice)
+    assert client.get(reverse("logout")).status_code == 405
+    assert client.post(reverse("logout")).status_code == 302
+    assert client.get("/").status_code == 302
+
+
+def test_it_changes_the_password(client, alice):
+    client.force_login(alice)
+    response = client.post(
+        reverse("password_change"),
+        {
+            "old_password": "password-alice",
+            "new_password1": "a-brand-new-phrase",
+            "new_password2": "a-brand-new-phrase",
+        },
+    )
+    assert response.status_code == 302
+    alice.refresh_from_db()
+    assert alice.check_password("a-brand-new-phrase")
+
+
+# The form
+
+
+def test_it_creates_a_generation_and_redirects(client, alice):
+    client.force_login(alice)
+    response = client.post(reverse("gallery:create"), form_data())
+    assert response.status_code == 302
+    generation = Generation.objects.get()
+    assert generation.owner == alice
+    assert (generation.prompt, generation.aspect_ratio, generation.resolution) == (
+        "a lighthouse at dawn",
+        "3:2",
+        "2K",
+    )
+    assert generation.output_format == "jpg"
+    assert generation.status == Generation.Status.QUEUED
+
+
+def test_it_answers_htmx_with_the_new_card_a_fresh_form_and_the_poller(client, alice):
+    client.force_login(alice)
+    response = client.post(reverse("gallery:create"), form_data(), headers={"HX-Request": "true"})
+    assert response.status_code == 200
+    html = response.content.decode()
+    generation = Generation.objects.get()
+    assert f'id="card-{generation.pk}"' in html
+    assert 'id="generate-form"' in html and 'hx-swap-oob="true"' in html
+    assert f"?ids={generation.pk}" in html and 'hx-trigger="every 2s"' in html
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"prompt": ""}, "Write a prompt"),
+        ({"prompt": "   "}, "Write a prompt"),
+        (
+            {"prompt": "x" * 20_001},
+            "20001 characters long; the most the image service takes is 20000",
+        ),
+        ({"aspect_ratio": "7:3"}, "not a valid aspect ratio"),
+        ({"resolution": "8K"}, "not a valid resolution"),
+        ({"output_format": "gif"}, "not a valid file format"),
+        ({"count": "5"}, "Ask for 1 to 4 images"),
+    ],
+)
+def test_it_explains_bad_input_and_keeps_it(client, alice, changes, message):
+    client.force_login(alice)
+    data = form_data(**changes)
+    response = client.post(reverse("gallery:create"), data)
+    assert response.status_code == 400
+    html = response.content.decode()
+    assert message in html
+    if data["prompt"].strip() and len(data["prompt"]) < 100:
+        assert data["prompt"] in html  # nothing the user wrote is lost
+    assert not Generation.objects.exists()
+
+
+def test_it_answers_htmx_bad_input_by_retargeting_the_form(client, alice):
+    client.force_login(alice)
+    response = client.post(
+        reverse("gallery:create"), form_data(prompt=""), headers={"HX-Request": "true"}
+    )
+    assert response.status_code == 200
+    assert response["HX-Retarget"] == "#generate-form"
+    assert response["HX-Reswap"] == "outerHTML"
+    assert "Write a prompt" in response.content.decode()
+
+
+def test_it_makes_several_variations_in_one_post(client, alice):
+    client.force_login(alice)
+    client.post(reverse("gallery:create"), form_data(count="3"))
+    generations = Generation.objects.all()
+    assert generations.count() == 3
+    assert len({g.request_id for g in generations}) == 3
+    assert {g.prompt for g in generations} == {"a lighthouse at dawn"}
+
+
+# Cards
+
+
+def test_it_lists_only_the_users_own_generations_newest_first(client, alice, bob):
+    Generation.objects.create(owner=alice, prompt="alice old")
+    Generation.objects.create(owner=bob, prompt="bob's secret")
+    Generation.objects.create(owner=alice, prompt="alice new")
+    client.force_login(alice)
+    html = client.get("/").content.decode()
+    assert "bob&#x27;s secret" not in html and "bob's secret" not in html
+    assert html.index("alice new") < html.index("alice old")
+
+
+def test_it_polls_once_for_all_pending_cards(client, alice):
+    first = Generation.objects.create(owner=alice, prompt="one")
+    second = Generation.objects.create(owner=alice, prompt="two")
+    client.force_login(alice)
+    html = client.get("/").content.decode()
+    assert html.count('hx-trigger="every 2s"') == 1
+    assert f"?ids={second.pk},{first.pk}" in html
+
+
+def test_it_stops_polling_when_nothing_is_pending(client, done_image, alice):
+    client.force_login(alice)
+    html = client.get("/").content.decode()
+    assert "every 2s" not in html
+    assert reverse("gallery:thumbnail", args=[done_image.pk]) in html
+
+
+def test_it_refreshes_pending_cards_out_of_band(client, alice, done_image):
+    pending = Generation.objects.create(owner=alice, prompt="still going")
+    done = done_image.generation
+    client.force_login(alice)
+    response = client.get(reverse("gallery:updates"), {"ids": f"{pending.pk},{done.pk}"})
+    html = response.content.decode()
+    assert f'id="card-{done.pk}"' in html and f'id="card-{pending.pk}"' in html
+    assert html.count('hx-swap-oob="true"') == 3  # two cards and the poller
+    assert reverse("gallery:thumbnail", args=[done_image.pk]) in html
+    assert "Queued" in html
+    assert f"?ids={pending.pk}" in html  # only the pending one is watched further
+
+
+def test_it_shows_a_failed_card_with_its_reason_and_a_retry_button(client, alice):
+    generation = Generation.objects.create(
+        owner=alice, prompt="nope", status="failed", fail_message="Content policy: no."
+    )
+    client.force_login(alice)
+    html = client.get("/").content.decode()
+    assert "Content policy: no." in html
+    assert reverse("gallery:retry", args=[generation.pk]) in html
+
+
+def test_it_retries_a_failed_generation(client, alice):
+    generation = Generation.objects.create(owner=alice, prompt="again", status="failed")
+    client.force_login(alice)
+    response = client.post(reverse("gallery:retry", args=[generation.pk]))
+    assert response.status_code == 302
+    generation.refresh_from_db()
+    assert generation.status == Generation.Status.QUEUED
+
+
+def _add_generations(owner, count: int) -> None:
+    """`count` generations, every third one done with an image row, as fast as bulk goes."""
+    generations = Generation.objects.bulk_create(
+        [
+            Generation(
+                owner=owner,
+                prompt=f"p{i}",
+                status="done" if i % 3 == 0 else "failed",
+                is_favorite=i % 2 == 0,
+            )
+            for i in range(count)
+        ]
+    )
+    Image.objects.bulk_create(
+        [
+            Image(
+                generation=g,
+                file=f"images/{g.pk}.png",
+                thumbnail=f"thumbs/{g.pk}.webp",
+                width=1024,
+                height=1024,
+                bytes=1,
+                format="PNG",
+                sha256="0" * 64,
+            )
+            for g in generations
+            if g.status == "done"
+        ]
+    )
+
+
+@pytest.mark.parametrize("query", [{}, {"q": "p1"}, {"status": "done", "favorites": "on"}])
+def test_it_has_a_constant_number_of_queries_per_gallery_page(client, alice, query):
+    client.force_login(alice)
+    client.get("/")  # the first request of a session sets things up once
+    _add_generations(alice, 10)
+    with CaptureQueriesContext(connection) as few:
+        assert client.get("/", query).status_code == 200
+    _add_generations(alice, 10_000)
+    with CaptureQueriesContext(connection) as many:
+        response = client.get("/", query)
+    assert response.status_code == 200
+    assert len(response.context["generations"]) > 0
+    assert len(many) == len(few)
+    # The next page costs the same again.
+    next_url = response.context["next_url"]
+    if next_url:
+        with CaptureQueriesContext(connection) as page_two:
+            client.get("/" + next_url, headers={"HX-Request": "true"})
+        assert len(page_two) <= len(few)
+
+
+# Image files
+
+
+def test_it_serves_the_image_to_its_owner(client, alice, done_image):
+    client.force_login(alice)
+    response = client.get(reverse("gallery:image", args=[done_image.pk]))
+    assert response.status_code == 200
+    assert response["Content-Type"] == "image/png"
+    assert response["X-Content-Type-Options"] == "nosniff"
+    assert "private" in response["Cache-Control"]
+    assert b"".join(response.streaming_content) == done_image.file.open("rb").read()
+
+
+def test_it_downloads_with_a_sensible_file_name(client, alice, done_image):
+    client.force_login(alice)
+    response = client.get(reverse("gallery:image", args=[done_image.pk]), {"download": "1"})
+    disposition = response["Content-Disposition"]
+    assert disposition.startswith("attachment")
+    assert f'banana-a-lighthouse-at-dawn-{done_image.generation_id}-1.png"' in disposition
+
+
+def test_it_serves_the_thumbnail_as_webp(client, alice, done_image):
+    client.force_login(alice)
+    response = client.get(reverse("gallery:thumbnail", args=[done_image.pk]))
+    assert response["Content-Type"] == "image/webp"
+    assert "private" in response["Cache-Control"]
+
+
+def test_it_checks_ownership(client, bob, alice, done_image):
+    generation = done_image.generation
+    client.force_login(bob)
+    assert client.get(reverse("gallery:image", args=[done_image.pk])).status_code == 404
+    assert client.get(reverse("gallery:thumbnail", args=[done_image.pk])).status_code == 404
+    Generation.objects.filter(pk=generation.pk).update(status="failed")
+    assert client.post(reverse("gallery:retry", args=[generation.pk])).status_code == 404
+    generation.refresh_from_db()
+    assert generation.status == "failed"
+    html = client.get(reverse("gallery:updates"), {"ids": str(generation.pk)}).content.decode()
+    assert f"card-{generation.pk}" not in html

@@ -1,0 +1,153 @@
+"""Share links: public, revocable, expiring URLs to one image."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+
+from gallery import tasks
+from gallery.models import Generation, Image, ShareLink
+from tests.support import finished, run_queued_tasks
+
+
+@pytest.fixture
+def image(alice, simulator) -> Image:
+    generation = Generation.objects.create(owner=alice, prompt="a secret recipe for banana bread")
+    tasks.submit_queued()
+    run_queued_tasks(until=finished(generation))
+    return generation.images.get()
+
+
+def share(client, image: Image, **data) -> ShareLink:
+    response = client.post(reverse("gallery:share_create", args=[image.pk]), data)
+    assert response.status_code == 302
+    return ShareLink.objects.latest("id")
+
+
+def meta(html: str, name: str) -> str:
+    match = re.search(rf'<meta (?:property|name)="{re.escape(name)}" content="([^"]*)"', html)
+    assert match, f"no meta {name}"
+    return match.group(1)
+
+
+def test_it_makes_a_random_token_unrelated_to_ids(client, alice, image):
+    client.force_login(alice)
+    first = share(client, image)
+    second = share(client, image)
+    assert first.token != second.token
+    assert len(first.token) >= 32  # 24 random bytes in URL-safe base64: 192 bits
+    assert str(image.pk) not in first.token or len(first.token) > 30
+
+
+def test_it_serves_the_public_page_without_login(client, alice, image):
+    client.force_login(alice)
+    link = share(client, image)
+    client.logout()
+    response = client.get(f"/s/{link.token}/")
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert response["Referrer-Policy"] == "no-referrer"
+    assert "noindex" in response["X-Robots-Tag"]
+    assert '<meta name="robots" content="noindex, nofollow">' in html
+    image_url = f"http://testserver/s/{link.token}/image"
+    assert meta(html, "og:image") == image_url
+    assert meta(html, "twitter:image") == image_url
+    assert meta(html, "twitter:card") == "summary_large_image"
+    assert meta(html, "og:image:width") == str(image.width)
+    assert "banana bread" not in html  # the prompt is hidden unless the owner chose to show it
+
+
+def test_it_shows_the_prompt_only_when_the_owner_chose_to(client, alice, image):
+    client.force_login(alice)
+    link = share(client, image, show_prompt="on")
+    client.logout()
+    html = client.get(f"/s/{link.token}/").content.decode()
+    assert "a secret recipe for banana bread" in html
+    assert "banana bread" in meta(html, "og:title")
+
+
+def test_it_serves_the_raw_image_under_the_token(client, alice, image):
+    client.force_login(alice)
+    link = share(client, image)
+    client.logout()
+    response = client.get(f"/s/{link.token}/image")
+    assert response.status_code == 200
+    assert response["Content-Type"] == "image/png"
+    assert response["X-Content-Type-Options"] == "nosniff"
+    assert response["Referrer-Policy"] == "no-referrer"
+    assert "no-cache" in response["Cache-Control"]
+    assert b"".join(response.streaming_content)[:4] == b"\x89PNG"
+
+
+def test_it_counts_views(client, alice, image):
+    client.force_login(alice)
+    link = share(client, image)
+    client.logout()
+    for _ in range(3):
+        client.get(f"/s/{link.token}/")
+    link.refresh_from_db()
+    assert link.view_count == 3
+    assert link.last_viewed_at is not None
+
+
+def test_it_answers_404_at_once_after_revoking(client, alice, image):
+    client.force_login(alice)
+    link = share(client, image)
+    assert client.get(f"/s/{link.token}/").status_code == 200
+    response = client.post(reverse("gallery:share_revoke", args=[link.pk]))
+    assert response.status_code == 302
+    client.logout()
+    assert client.get(f"/s/{link.token}/").status_code == 404
+    assert client.get(f"/s/{link.token}/image").status_code == 404
+
+
+def test_it_answers_404_once_expired(client, alice, image):
+    client.force_login(alice)
+    link = share(client, image, expires_in_hours="1")
+    assert link.expires_at - timezone.now() == pytest.approx(
+        timedelta(hours=1), abs=timedelta(seconds=5)
+    )
+    ShareLink.objects.filter(pk=link.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    client.logout()
+    assert client.get(f"/s/{link.token}/").status_code == 404
+    assert client.get(f"/s/{link.token}/image").status_code == 404
+
+
+def test_it_answers_404_for_an_unknown_token(client, db):
+    assert client.get("/s/not-a-token/").status_code == 404
+
+
+def test_it_lists_the_owners_links_with_their_state(client, alice, bob, image):
+    client.force_login(alice)
+    active = share(client, image)
+    revoked = share(client, image)
+    revoked.revoke()
+    html = client.get(reverse("gallery:shares")).content.decode()
+    assert active.token in html
+    assert "Revoked" in html
+    client.force_login(bob)
+    html = client.get(reverse("gallery:shares")).content.decode()
+    assert active.token not in html and "No share links yet" in html
+
+
+def test_it_checks_ownership(client, alice, bob, image):
+    client.force_login(alice)
+    link = share(client, image)
+    client.force_login(bob)
+    assert client.post(reverse("gallery:share_create", args=[image.pk])).status_code == 404
+    assert client.post(reverse("gallery:share_revoke", args=[link.pk])).status_code == 404
+    link.refresh_from_db()
+    assert link.is_active
+    assert ShareLink.objects.count() == 1
+
+
+def test_it_uses_site_url_for_the_preview_image_when_set(client, alice, image, settings):
+    settings.SITE_URL = "https://bananas.example"
+    client.force_login(alice)
+    link = share(client, image)
+    html = client.get(f"/s/{link.token}/").content.decode()
+    assert meta(html, "og:image") == f"https://bananas.example/s/{link.token}/image"
