@@ -199,8 +199,7 @@ def sweep_once(
         overdue = [g for g in due if g.is_past_deadline(now)]
         for generation in overdue:
             generation.mark_failed(
-                "The image service took too long and the request was given up. "
-                "Retry to try again.",
+                "The image service took too long and the request was given up. Retry to try again.",
                 "timeout",
             )
         due = [g for g in due if g not in overdue]

@@ -138,6 +138,7 @@ def create(request: HttpRequest) -> HttpResponse:
         "generations": generations,
         "form": GenerationForm(initial={k: form.cleaned_data[k] for k in SETTINGS_FIELDS}),
         "pending_ids": _pending_ids(request.user),
+        "counts": Generation.objects.owned_by(request.user).counts(),
     }
     return render(request, "gallery/index.html#created", context)
 
@@ -149,10 +150,11 @@ def updates(request: HttpRequest) -> HttpResponse:
     generations = list(
         Generation.objects.owned_by(request.user).filter(pk__in=ids).prefetch_related("images")
     )
-    context = {
-        "generations": generations,
-        "pending_ids": [g.pk for g in generations if g.is_pending],
-    }
+    pending_ids = [g.pk for g in generations if g.is_pending]
+    context = {"generations": generations, "pending_ids": pending_ids}
+    if len(pending_ids) < len(generations):
+        # Something finished since the last refresh: the counters changed too.
+        context["counts"] = Generation.objects.owned_by(request.user).counts()
     return render(request, "gallery/index.html#updates", context)
 
 

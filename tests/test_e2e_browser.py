@@ -151,11 +151,16 @@ def test_it_signs_up_generates_and_shows_the_image_without_a_reload(stack, brows
     # The poller stops once nothing is pending.
     assert page.locator("#poller[hx-trigger]").count() == 0
 
-    with context.expect_page() as opened:
-        card.locator("a.card-link").click()
-    image_page = opened.value
-    image_page.wait_for_load_state()
-    response = image_page.request.get(image_page.url)
+    # Open the image: the card leads to its detail page, which shows the full image.
+    card.locator("a.card-link").click()
+    page.wait_for_url("**/generations/*/")
+    full = page.locator(".detail-figure img")
+    full.wait_for()
+    page.wait_for_function("document.querySelector('.detail-figure img').naturalWidth > 0")
+    assert page.evaluate("document.querySelector('.detail-figure img').naturalWidth") == 1376
+    assert "lighthouse on a cliff" in page.locator("#prompt-text").inner_text()
+    page.screenshot(path=str(stack.artifacts / "detail.png"), full_page=True)
+    response = page.goto(stack.url + full.get_attribute("src"))
     assert response.headers["content-type"] == "image/png"
     assert response.body()[:8] == b"\x89PNG\r\n\x1a\n"
     context.close()
@@ -176,3 +181,50 @@ def test_it_shows_the_reason_for_a_failure_and_retries(stack, browser):
         "document.querySelector('article.card').dataset.status !== 'failed'", timeout=10_000
     )
     context.close()
+
+
+def test_it_shares_an_image_and_revokes_the_link(stack, browser):
+    owner = browser.new_context()
+    page = owner.new_page()
+    sign_up(page, stack, "gina")
+    page.fill("#id_prompt", "a paper boat on a rainy street")
+    page.click("button.button--generate")
+    page.locator("article.card img").wait_for(timeout=30_000)
+    page.locator("article.card a.card-link").click()
+    page.wait_for_url("**/generations/*/")
+
+    page.check("input[name=show_prompt]")
+    page.select_option("select[name=expires_in_hours]", "24")
+    page.get_by_role("button", name="Create link").click()
+    link_url = page.locator("input.link-url").first.input_value()
+    assert link_url.startswith(stack.url + "/s/")
+    assert "Expires in" in page.locator(".link-facts").first.inner_text()
+
+    visitor = browser.new_context()  # logged out, no cookies
+    public = visitor.new_page()
+    response = public.goto(link_url)
+    assert response.status == 200
+    assert response.headers["referrer-policy"] == "no-referrer"
+    public.wait_for_function("document.querySelector('img.share-image').naturalWidth > 0")
+    og_image = public.locator('meta[property="og:image"]').get_attribute("content")
+    assert og_image == link_url + "image"
+    assert public.locator('meta[name="twitter:card"]').get_attribute("content") == (
+        "summary_large_image"
+    )
+    assert public.locator('meta[name="robots"]').get_attribute("content").startswith("noindex")
+    assert "a paper boat on a rainy street" in public.locator(".share-prompt").inner_text()
+    public.screenshot(path=str(stack.artifacts / "share.png"))
+    assert visitor.request.get(og_image).headers["content-type"] == "image/png"
+
+    page.goto(stack.url + "/shares/")
+    assert page.locator("table.table tbody tr").count() == 1
+    assert page.locator("table.table tbody tr td").nth(3).inner_text() == "1"  # one view
+    page.get_by_role("button", name="Revoke").click()
+    assert "Revoked" in page.locator("table.table").inner_text()
+
+    fresh = browser.new_context()
+    assert fresh.new_page().goto(link_url).status == 404
+    assert fresh.request.get(og_image).status == 404
+    assert public.reload().status == 404
+    for context in (owner, visitor, fresh):
+        context.close()

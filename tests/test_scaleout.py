@@ -115,7 +115,7 @@ def test_it_shares_the_slots_across_two_worker_clusters(scaleout_database, tmp_p
         peak = 0
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
-            report = json.loads(shell(REPORT))
+            report = json.loads(shell(REPORT).strip().splitlines()[-1])
             peak = max(peak, report["in_flight"])
             if set(report["statuses"]) <= {"done", "failed"}:
                 break
