@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 import dj_database_url
+from csp.constants import NONE, SELF
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -49,6 +50,8 @@ INSTALLED_APPS = [
     "django_htmx",
     "template_partials",
     "django_q",
+    "csp",
+    "django_ratelimit",
     "gallery",
 ]
 
@@ -62,7 +65,9 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "django_ratelimit.middleware.RatelimitMiddleware",
 ]
 
 ROOT_URLCONF = "banana_site.urls"
@@ -115,6 +120,33 @@ if REDIS_URL:
     CACHES = {
         "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
     }
+    # Django's own Redis cache increments atomically, which is all django-ratelimit needs.
+    SILENCED_SYSTEM_CHECKS = ["django_ratelimit.W001"]
+else:
+    # The embedded setup serves the web from one process, so a per-process cache counts every
+    # request; several web processes must share REDIS_URL for rate limits to hold.
+    SILENCED_SYSTEM_CHECKS = ["django_ratelimit.E003", "django_ratelimit.W001"]
+RATELIMIT_VIEW = "gallery.views.rate_limited"
+# Rate limits (django-ratelimit syntax): sign-in and sign-up attempts per client address, and
+# generations a user may ask for, to protect the account's credits from a runaway script.
+RATELIMIT_LOGIN = os.getenv("RATELIMIT_LOGIN", "20/m")
+RATELIMIT_SIGNUP = os.getenv("RATELIMIT_SIGNUP", "20/h")
+RATELIMIT_GENERATE = os.getenv("RATELIMIT_GENERATE", "30/m")
+
+# Only our own scripts, styles and images: htmx is served from here and needs no eval.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "img-src": [SELF, "data:"],
+        "connect-src": [SELF],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+        "base-uri": [SELF],
+        "object-src": [NONE],
+    }
+}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

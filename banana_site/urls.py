@@ -1,12 +1,22 @@
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import admin
+from django.contrib.auth import views as auth_views
 from django.urls import include, path
+from django_ratelimit.decorators import ratelimit
 
 from gallery import views
 
 urlpatterns = [
     path("accounts/signup/", views.signup, name="signup"),
+    path(
+        "accounts/login/",
+        ratelimit(key="ip", rate=lambda group, request: settings.RATELIMIT_LOGIN, method="POST")(
+            auth_views.LoginView.as_view()
+        ),
+        name="login",
+    ),
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
     # Public share pages: the only pages besides the auth pages that need no login.

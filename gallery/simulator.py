@@ -697,7 +697,9 @@ class Simulator:
         data = self._images.get((task_id, index))
         if data is None:
             width, height = image_size(task.aspect_ratio, task.resolution)
-            data = render_image(task.prompt, width, height, task.output_format, variant=index)
+            data = render_image(
+                task.prompt, width, height, task.output_format, variant=f"{task.task_id}:{index}"
+            )
             self._images.put((task_id, index), data)
         with self._lock:
             self._downloads += 1
@@ -760,19 +762,24 @@ def _caption_lines(draw: ImageDraw.ImageDraw, text: str, font: Any, max_width: f
 
 
 def render_image(
-    prompt: str, width: int, height: int, output_format: str, *, variant: int = 0
+    prompt: str, width: int, height: int, output_format: str, *, variant: str = ""
 ) -> bytes:
     """A colourful picture of exactly width x height, derived from a hash of the prompt.
+
+    The palette comes from the prompt alone and the shapes from the prompt and `variant` (the
+    task and result index), so that, as with a real model, two runs of one prompt look related
+    but are not the same picture.
 
     Drawn at about DRAW_PIXELS and upscaled with a cheap filter, then encoded with fast
     settings, so a 4K image takes a fraction of a second.
     """
+    palette = random.Random(hashlib.sha256(prompt.encode()).digest())
     rng = random.Random(hashlib.sha256(f"{variant}\0{prompt}".encode()).digest())
     scale = max(1.0, math.sqrt(width * height / DRAW_PIXELS))
     w, h = max(1, round(width / scale)), max(1, round(height / scale))
 
-    hue = rng.random()
-    gradient = rng.choice(
+    hue = palette.random()
+    gradient = palette.choice(
         (
             Image.linear_gradient("L"),
             Image.linear_gradient("L").transpose(Image.Transpose.ROTATE_90),
@@ -782,13 +789,14 @@ def render_image(
     canvas = ImageOps.colorize(
         gradient.resize((w, h)),
         _colour(hue, 0.75, 0.9),
-        _colour(hue + rng.uniform(0.25, 0.6), 0.3, 0.85),
+        _colour(hue + palette.uniform(0.25, 0.6), 0.3, 0.85),
     )
     draw = ImageDraw.Draw(canvas, "RGBA")
     unit = min(w, h)
     # Long, narrow images get more shapes, so that their far ends are not bare.
     for _ in range(rng.randint(7, 12) + round(2 * max(w, h) / unit)):
-        fill = (*_colour(rng.random(), rng.uniform(0.4, 0.7), 0.9), rng.randint(120, 220))
+        shape_hue = hue + palette.uniform(-0.2, 0.2) + rng.choice((0.0, 0.33, 0.5))
+        fill = (*_colour(shape_hue, rng.uniform(0.4, 0.7), 0.9), rng.randint(120, 220))
         x, y = rng.uniform(0, w), rng.uniform(0, h)
         r = unit * rng.uniform(0.08, 0.35)
         shape = rng.choice(("circle", "square", "triangle", "ring"))

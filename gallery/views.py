@@ -12,6 +12,8 @@ from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.utils.text import slugify
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import reswap, retarget
+from django_ratelimit.core import is_ratelimited
+from django_ratelimit.decorators import ratelimit
 
 from gallery import tasks
 from gallery.forms import (
@@ -98,6 +100,7 @@ def _remix_initial(request: HttpRequest) -> dict:
 
 
 @login_not_required
+@ratelimit(key="ip", rate=lambda group, request: settings.RATELIMIT_SIGNUP, method="POST")
 @require_http_methods(["GET", "POST"])
 def signup(request: HttpRequest) -> HttpResponse:
     if request.user.is_authenticated:
@@ -124,6 +127,20 @@ def index(request: HttpRequest) -> HttpResponse:
 @require_POST
 def create(request: HttpRequest) -> HttpResponse:
     form = GenerationForm(request.POST)
+    limited = is_ratelimited(
+        request,
+        group="generate",
+        key="user",
+        rate=settings.RATELIMIT_GENERATE,
+        method="POST",
+        increment=True,
+    )
+    if limited:
+        form.add_error(
+            None,
+            f"That is a lot of images at once (the limit is {settings.RATELIMIT_GENERATE}). "
+            "Wait a minute and press Generate again: your prompt is still here.",
+        )
     if not form.is_valid():
         if request.htmx:
             response = render(request, "gallery/index.html#generate-form", {"form": form})
@@ -282,6 +299,12 @@ def _public_headers(response: HttpResponse) -> HttpResponse:
     # Revoking must work at once, so nothing may keep a copy without asking again.
     patch_cache_control(response, no_cache=True, public=True)
     return response
+
+
+@login_not_required
+def rate_limited(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """What django-ratelimit shows when a sign-in or sign-up limit is reached."""
+    return render(request, "429.html", status=429)
 
 
 @login_not_required

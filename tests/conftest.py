@@ -55,6 +55,9 @@ def app_settings(request, settings, tmp_path):
     A test that does not ask for the simulator gets a base URL where nothing listens, so no
     test can reach a real provider by accident.
     """
+    from django.core.cache import cache
+
+    cache.clear()  # rate-limit counters start from zero in every test
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.AIGPTIMAGE_API_KEY = DEFAULT_API_KEY
     settings.AIGPTIMAGE_BASE_URL = "http://127.0.0.1:9"

@@ -126,6 +126,8 @@ def sign_up(page, stack: Stack, username: str) -> None:
 def test_it_signs_up_generates_and_shows_the_image_without_a_reload(stack, browser):
     context = browser.new_context()
     page = context.new_page()
+    console_errors: list[str] = []
+    page.on("console", lambda m: m.type == "error" and console_errors.append(m.text))
     sign_up(page, stack, "erin")
     assert page.get_by_text("Your gallery is empty").is_visible()
 
@@ -160,6 +162,8 @@ def test_it_signs_up_generates_and_shows_the_image_without_a_reload(stack, brows
     assert page.evaluate("document.querySelector('.detail-figure img').naturalWidth") == 1376
     assert "lighthouse on a cliff" in page.locator("#prompt-text").inner_text()
     page.screenshot(path=str(stack.artifacts / "detail.png"), full_page=True)
+    # The Content-Security-Policy allows only our own scripts and styles: nothing broke it.
+    assert not [e for e in console_errors if "Content Security Policy" in e], console_errors
     response = page.goto(stack.url + full.get_attribute("src"))
     assert response.headers["content-type"] == "image/png"
     assert response.body()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -87,7 +87,39 @@ def test_it_changes_the_password(client, alice):
     assert alice.check_password("a-brand-new-phrase")
 
 
+def test_it_limits_sign_in_attempts(client, alice, settings):
+    settings.RATELIMIT_LOGIN = "3/m"
+    for _ in range(3):
+        response = client.post(reverse("login"), {"username": "alice", "password": "wrong"})
+        assert response.status_code == 200
+    response = client.post(reverse("login"), {"username": "alice", "password": "password-alice"})
+    assert response.status_code == 429
+    assert "Too many attempts" in response.content.decode()
+    assert client.get("/").status_code == 302  # not signed in
+
+
+def test_it_limits_sign_ups(client, db, settings):
+    settings.RATELIMIT_SIGNUP = "1/h"
+    data = {"password1": "a-long-pass-phrase", "password2": "a-long-pass-phrase"}
+    assert client.post(reverse("signup"), {"username": "u1", **data}).status_code == 302
+    client.logout()
+    assert client.post(reverse("signup"), {"username": "u2", **data}).status_code == 429
+    assert not User.objects.filter(username="u2").exists()
+
+
 # The form
+
+
+def test_it_limits_generations_and_keeps_the_prompt(client, alice, settings):
+    settings.RATELIMIT_GENERATE = "2/m"
+    client.force_login(alice)
+    for _ in range(2):
+        assert client.post(reverse("gallery:create"), form_data()).status_code == 302
+    response = client.post(reverse("gallery:create"), form_data(prompt="one more lighthouse"))
+    assert response.status_code == 400
+    html = response.content.decode()
+    assert "the limit is 2/m" in html and "one more lighthouse" in html
+    assert Generation.objects.count() == 2
 
 
 def test_it_creates_a_generation_and_redirects(client, alice):
