@@ -6,11 +6,15 @@ PY=.venv/bin/python
 PORT=${PORT:-8000}
 export DEBUG=${DEBUG:-1}
 
-pids=()
+servers=()
+cluster=""
 stop() {
   trap - EXIT INT TERM
-  # qcluster forks workers; SIGINT to its main process stops them all cleanly.
-  kill -INT "${pids[@]}" 2>/dev/null || true
+  # Background jobs of a script ignore SIGINT, so the web server and the simulator get SIGTERM.
+  # The worker cluster runs in a session of its own, out of reach of the terminal's Ctrl-C,
+  # and stops its workers cleanly on a SIGINT to its main process alone.
+  kill -TERM "${servers[@]}" 2>/dev/null || true
+  [ -n "$cluster" ] && kill -INT "$cluster" 2>/dev/null || true
   wait 2>/dev/null || true
 }
 trap stop EXIT INT TERM
@@ -21,20 +25,20 @@ if [ -z "${AIGPTIMAGE_API_KEY:-}" ]; then
   export AIGPTIMAGE_API_KEY=sim-key
   export AIGPTIMAGE_BASE_URL="http://127.0.0.1:${SIM_PORT}"
   $PY manage.py simulator --host 127.0.0.1 --port "$SIM_PORT" &
-  pids+=($!)
+  servers+=($!)
   echo "No AIGPTIMAGE_API_KEY set: images come from the provider simulator at ${AIGPTIMAGE_BASE_URL}"
 else
   echo "Using the provider at ${AIGPTIMAGE_BASE_URL:-https://aigptimage.com}"
 fi
 
-$PY manage.py qcluster &
-pids+=($!)
+setsid $PY manage.py qcluster &
+cluster=$!
 $PY manage.py runserver "127.0.0.1:${PORT}" --noreload &
-pids+=($!)
+servers+=($!)
 
-sleep 1
+sleep 2
 echo
 echo "  Banana Gallery is running: http://127.0.0.1:${PORT}/"
 echo "  Sign up at http://127.0.0.1:${PORT}/accounts/signup/ . Press Ctrl-C to stop."
 echo
-wait -n "${pids[@]}"
+wait -n "${servers[@]}" "$cluster"
