@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import pytest
 from django.utils.module_loading import import_string
@@ -60,3 +62,26 @@ def run_queued_tasks(until: Callable[[], bool] | None = None, seconds: float = 1
 def finished(*generations: Generation) -> Callable[[], bool]:
     ids = [g.pk for g in generations]
     return lambda: not Generation.objects.filter(pk__in=ids).pending().exists()
+
+
+def generate_and_finish(owner, prompt: str, **settings) -> Generation:
+    """A generation made through the real pipeline against the test's simulator, finished."""
+    from gallery import tasks
+
+    generation = Generation.objects.create(owner=owner, prompt=prompt, **settings)
+    tasks.submit_queued()
+    run_queued_tasks(until=finished(generation))
+    generation.refresh_from_db()
+    return generation
+
+
+def stop_processes(processes: Iterable[subprocess.Popen], timeout: float = 20) -> None:
+    """SIGINT first (qcluster then stops its workers cleanly), a kill if that hangs."""
+    processes = list(processes)
+    for process in processes:
+        process.send_signal(signal.SIGINT)
+    for process in processes:
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()

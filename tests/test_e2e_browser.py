@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from gallery.simulator import DEFAULT_API_KEY, SimulatorConfig, start_in_thread
-from tests.support import chromium_path, require
+from tests.support import chromium_path, require, stop_processes
 
 pytestmark = pytest.mark.browser
 
@@ -92,13 +92,7 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
                 time.sleep(0.1)
         yield Stack(url=url, simulator_url=simulator.base_url, artifacts=tmp)
     finally:
-        for process in processes:
-            process.send_signal(2)  # SIGINT: qcluster stops its workers cleanly
-        for process in processes:
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(processes)
         simulator.shutdown()
         simulator.server_close()
         log.close()

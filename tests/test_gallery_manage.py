@@ -6,21 +6,16 @@ import pytest
 from django.core.files.storage import default_storage
 from django.urls import reverse
 
-from gallery import tasks
 from gallery.models import Generation, Image, ShareLink
 from gallery.views import PAGE_SIZE
-from tests.support import finished, run_queued_tasks
+from tests.support import generate_and_finish
 
 
 @pytest.fixture
 def done(alice, simulator) -> Generation:
-    generation = Generation.objects.create(
-        owner=alice, prompt="a koi pond in autumn", aspect_ratio="4:3", output_format="jpg"
+    return generate_and_finish(
+        alice, "a koi pond in autumn", aspect_ratio="4:3", output_format="jpg"
     )
-    tasks.submit_queued()
-    run_queued_tasks(until=finished(generation))
-    generation.refresh_from_db()
-    return generation
 
 
 def test_it_shows_every_detail_of_a_generation(client, alice, done):

@@ -9,7 +9,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from gallery.models import Generation, Image
-from tests.support import finished, run_queued_tasks
+from tests.support import generate_and_finish
 
 VALID = {"prompt": "a lighthouse at dawn", "aspect_ratio": "3:2", "resolution": "2K"}
 
@@ -20,12 +20,7 @@ def form_data(**changes) -> dict:
 
 @pytest.fixture
 def done_image(alice, simulator) -> Image:
-    generation = Generation.objects.create(owner=alice, prompt="A Lighthouse, at Dawn!")
-    from gallery import tasks
-
-    tasks.submit_queued()
-    run_queued_tasks(until=finished(generation))
-    return generation.images.get()
+    return generate_and_finish(alice, "A Lighthouse, at Dawn!").images.get()
 
 
 # Accounts

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from gallery.simulator import DEFAULT_API_KEY, SimulatorConfig, start_in_thread
-from tests.support import require
+from tests.support import require, stop_processes
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_URL = os.getenv("SCALEOUT_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
@@ -129,13 +128,7 @@ def test_it_shares_the_slots_across_two_worker_clusters(scaleout_database, tmp_p
         assert status["tasksCreated"] == 20
         assert peak <= 5
     finally:
-        for cluster in clusters:
-            cluster.send_signal(signal.SIGINT)
-        for cluster in clusters:
-            try:
-                cluster.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                cluster.kill()
+        stop_processes(clusters)
         log.close()
         simulator.shutdown()
         simulator.server_close()

@@ -9,17 +9,13 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from gallery import tasks
-from gallery.models import Generation, Image, ShareLink
-from tests.support import finished, run_queued_tasks
+from gallery.models import Image, ShareLink
+from tests.support import generate_and_finish
 
 
 @pytest.fixture
 def image(alice, simulator) -> Image:
-    generation = Generation.objects.create(owner=alice, prompt="a secret recipe for banana bread")
-    tasks.submit_queued()
-    run_queued_tasks(until=finished(generation))
-    return generation.images.get()
+    return generate_and_finish(alice, "a secret recipe for banana bread").images.get()
 
 
 def share(client, image: Image, **data) -> ShareLink:
