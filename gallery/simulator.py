@@ -72,7 +72,9 @@ TIER_NAMES = ("free", "basic", "standard", "pro")
 MARKER_RE = re.compile(r"\[sim:([a-z0-9-]+)(?:=([^\]\s]*))?\]", re.IGNORECASE)
 # Markers that make createTask answer an error code, checked in this order; each takes an
 # optional `=N` (only the first N calls) and otherwise applies to every call.
-CREATE_ERROR_MARKERS = ("401", "402", "400", "422", "409", "429", "429-header", "429-date", "500")
+CREATE_ERROR_MARKERS = (
+    "401", "402", "400", "422", "409", "429", "429-header", "429-date", "500", "455", "501", "505",
+)  # fmt: skip
 CREATE_ERROR_MESSAGES = {
     400: "invalid request parameters",
     401: "API key is missing or invalid",
@@ -81,6 +83,10 @@ CREATE_ERROR_MESSAGES = {
     422: "parameter validation failed: the prompt was rejected",
     429: "rate limit exceeded",
     500: "internal server error",
+    # The family's own codes beyond the spec.
+    455: "service unavailable: scheduled maintenance",
+    501: "generation failed",
+    505: "feature disabled",
 }
 CONTENT_POLICY_MESSAGE = (
     "The prompt or the generated image was flagged by the content policy. Please revise it."

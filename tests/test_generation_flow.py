@@ -70,7 +70,7 @@ def test_it_stores_every_result_url(alice, simulator):
     assert sorted(generation.images.values_list("index", flat=True)) == [0, 1]
 
 
-@pytest.mark.parametrize("code", ["400", "422"])
+@pytest.mark.parametrize("code", ["400", "422", "501", "505"])
 def test_it_fails_on_a_refused_request_without_retrying(alice, simulator, code):
     generation = generate(alice, f"refused [sim:{code}]")
     run_queued_tasks(until=finished(generation))
@@ -143,6 +143,15 @@ def test_it_retries_a_500_with_the_same_request_id(alice, simulator):
     generation.refresh_from_db()
     assert generation.status == Generation.Status.DONE
     assert calls_for(simulator, generation) == 3
+    assert len(tasks_for(simulator, generation)) == 1
+
+
+def test_it_retries_maintenance_like_a_500(alice, simulator):
+    generation = generate(alice, "down for maintenance [sim:455=1]")
+    run_queued_tasks(until=finished(generation))
+    generation.refresh_from_db()
+    assert generation.status == Generation.Status.DONE
+    assert calls_for(simulator, generation) == 2
     assert len(tasks_for(simulator, generation)) == 1
 
 

@@ -110,6 +110,21 @@ def test_it_raises_one_exception_per_error_code(client, marker, error):
     assert caught.value.message and not caught.value.message.startswith("The provider answered")
 
 
+@pytest.mark.parametrize(
+    ("code", "error"),
+    [
+        (455, provider.ServerError),
+        (501, provider.ValidationFailed),
+        (505, provider.ValidationFailed),
+    ],
+)
+def test_it_maps_the_familys_own_codes(client, code, error):
+    with pytest.raises(error) as caught:
+        client.create_task(f"a prompt [sim:{code}]")
+    assert caught.value.code == code
+    assert caught.value.message and not caught.value.message.startswith("The provider answered")
+
+
 def test_it_raises_unauthorized_for_a_wrong_key(simulator):
     client = provider.ProviderClient(simulator.base_url, "not-a-key", timeout=5)
     with pytest.raises(provider.Unauthorized) as caught:
