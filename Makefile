@@ -36,5 +36,10 @@ format: install
 simulator: install
 	$(PY) manage.py simulator
 
+bench: install
+	$(PY) benchmarks/bench_simulator.py
+	$(PY) benchmarks/bench_pipeline.py
+	$(PY) benchmarks/bench_gallery.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache staticfiles

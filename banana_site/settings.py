@@ -212,8 +212,9 @@ DOWNLOAD_MAX_BYTES = envint("DOWNLOAD_MAX_BYTES", 80 * 1024 * 1024)
 DOWNLOAD_DEADLINE = envfloat("DOWNLOAD_DEADLINE", 120.0)
 DOWNLOAD_ATTEMPTS = envint("DOWNLOAD_ATTEMPTS", 5)
 THUMBNAIL_SIZE = envint("THUMBNAIL_SIZE", 512)
-# How long one poll sweep runs before it hands over to a fresh copy of itself.
-SWEEP_SECONDS = envfloat("SWEEP_SECONDS", 25.0)
+# How long one poll sweep runs before it hands over to a fresh copy of itself. Short, because a
+# worker finishes its task before the cluster stops: this bounds how long a shutdown waits.
+SWEEP_SECONDS = envfloat("SWEEP_SECONDS", 10.0)
 
 Q_CLUSTER = {
     "name": "banana",

@@ -135,6 +135,15 @@ class ProviderAccount(models.Model):
         )
         return token if taken else None
 
+    def renew_sweep_lease(self, token: str, seconds: float) -> bool:
+        """Extend a held lease; False if it was lost (expired and taken by another sweep)."""
+        until = timezone.now() + timedelta(seconds=seconds)
+        return bool(
+            ProviderAccount.objects.filter(pk=self.pk, sweep_lease=token).update(
+                sweep_lease_until=until
+            )
+        )
+
     def release_sweep_lease(self, token: str) -> None:
         ProviderAccount.objects.filter(pk=self.pk, sweep_lease=token).update(
             sweep_lease="", sweep_lease_until=None

@@ -152,7 +152,10 @@ class PollBudget:
 def poll_sweep() -> None:
     """Poll every due generation for up to SWEEP_SECONDS, then hand over to a fresh sweep."""
     account = ProviderAccount.get()
-    token = account.take_sweep_lease(settings.SWEEP_SECONDS + settings.AIGPTIMAGE_TIMEOUT + 30)
+    # The lease outlives one round (whose HTTP calls may take up to the timeout) and is renewed
+    # every round, so a sweep killed mid-way holds up polling for a short while only.
+    lease = settings.AIGPTIMAGE_TIMEOUT + 15
+    token = account.take_sweep_lease(lease)
     if token is None:
         return
     client = provider.get_client()
@@ -160,7 +163,7 @@ def poll_sweep() -> None:
     deadline = time.monotonic() + settings.SWEEP_SECONDS
     try:
         with ThreadPoolExecutor(POLL_THREADS, thread_name_prefix="poll") as pool:
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline and account.renew_sweep_lease(token, lease):
                 sweep_once(client, pool, budget)
                 if not has_active_work():
                     break

@@ -358,8 +358,24 @@ def test_it_runs_one_sweep_at_a_time(db):
     token = account.take_sweep_lease(30)
     assert token
     assert account.take_sweep_lease(30) is None
+    assert account.renew_sweep_lease(token, 30)
     account.release_sweep_lease(token)
     assert account.take_sweep_lease(30)
+
+
+def test_it_takes_over_from_a_sweep_that_died(alice, simulator):
+    account = ProviderAccount.get()
+    dead = account.take_sweep_lease(30)
+    generation = generate(alice, "after a crash")
+    tasks.submit_queued()
+    tasks.poll_sweep()  # the lease is held: this sweep leaves at once
+    assert Generation.objects.get(pk=generation.pk).poll_count == 0
+
+    ProviderAccount.objects.update(sweep_lease_until=timezone.now() - timedelta(seconds=1))
+    tasks.reconcile()
+    run_queued_tasks(until=finished(generation))
+    assert Generation.objects.get(pk=generation.pk).status == Generation.Status.DONE
+    assert not account.renew_sweep_lease(dead, 30)  # the dead sweep could not carry on
 
 
 def test_it_fails_a_task_past_its_deadline(alice, simulator, settings):
