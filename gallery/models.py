@@ -213,15 +213,9 @@ class GenerationQuerySet(models.QuerySet):
 
     def delete_with_files(self) -> int:
         """Delete these generations, their images and share links, and then their files."""
-        names = [
-            name
-            for pair in Image.objects.filter(generation__in=self).values_list("file", "thumbnail")
-            for name in pair
-            if name
-        ]
+        Image.objects.filter(generation__in=self).delete_with_files()
         deleted = self.count()
         self.delete()
-        transaction.on_commit(lambda: _delete_files(names))
         return deleted
 
     def stuck_submitting(self, now: datetime, after: float) -> GenerationQuerySet:
@@ -523,7 +517,14 @@ class Generation(models.Model):
         )
 
     def retry(self) -> bool:
-        """Start a failed generation again as a new provider task (so a new request id)."""
+        """Start a failed generation again as a new provider task (so a new request id).
+
+        Images kept from the failed try (one of several results saved before the others
+        expired) go, so that the new task's results are stored in full.
+        """
+        if self.status != self.Status.FAILED:
+            return False
+        self.images.all().delete_with_files()
         return self._transition(
             (self.Status.FAILED,),
             status=self.Status.QUEUED,
@@ -584,6 +585,12 @@ def _suffix(filename: str) -> str:
 class ImageQuerySet(models.QuerySet):
     def owned_by(self, user) -> ImageQuerySet:
         return self.filter(generation__owner=user)
+
+    def delete_with_files(self) -> None:
+        """Delete these images (and their share links), then their files once committed."""
+        names = [name for pair in self.values_list("file", "thumbnail") for name in pair if name]
+        self.delete()
+        transaction.on_commit(lambda: _delete_files(names))
 
 
 class Image(models.Model):

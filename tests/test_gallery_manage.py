@@ -36,6 +36,15 @@ def test_it_shows_every_detail_of_a_generation(client, alice, done):
     assert 'data-copy="#prompt-text"' in html
 
 
+def test_it_refreshes_the_detail_page_only_while_pending(client, alice, done):
+    pending = Generation.objects.create(owner=alice, prompt="still cooking")
+    client.force_login(alice)
+    html = client.get(reverse("gallery:detail", args=[pending.pk])).content.decode()
+    assert 'hx-trigger="every 2s"' in html and "Queued" in html
+    html = client.get(reverse("gallery:detail", args=[done.pk])).content.decode()
+    assert "every 2s" not in html
+
+
 def test_it_has_consistent_timings(done):
     timings = done.timings
     assert timings["total"] > 0

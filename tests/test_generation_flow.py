@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
+from django.core.files.storage import default_storage
 from django.utils import timezone
 from PIL import Image as PILImage
 
@@ -398,3 +399,27 @@ def test_it_retries_a_failed_generation_as_a_new_task(alice, simulator):
     assert generation.request_id != old_request_id
     assert generation.status == Generation.Status.QUEUED
     assert not generation.retry()  # only a failed generation can be retried
+
+
+def test_it_stores_every_result_of_a_retry_after_a_partial_download(
+    alice, simulator, django_capture_on_commit_callbacks
+):
+    generation = generate(alice, "two results [sim:multi]")
+    run_queued_tasks(until=finished(generation))
+    generation.refresh_from_db()
+    first_try = generation.images.get(index=0)
+    # The second result expired before it was saved: one image of the first try is left.
+    generation.images.filter(index=1).delete()
+    Generation.objects.filter(pk=generation.pk).update(status=Generation.Status.FAILED)
+    generation.refresh_from_db()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert generation.retry()
+    assert not default_storage.exists(first_try.file.name)
+    tasks.wake_submission()
+    run_queued_tasks(until=finished(generation))
+    generation.refresh_from_db()
+    assert generation.status == Generation.Status.DONE
+    images = list(generation.images.all())
+    assert [image.index for image in images] == [0, 1]
+    assert first_try.pk not in {image.pk for image in images}
