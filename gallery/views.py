@@ -228,7 +228,8 @@ def favorite(request: HttpRequest, pk: int) -> HttpResponse:
     generation.is_favorite = request.POST.get("favorite") == "1"
     generation.save(update_fields=["is_favorite", "updated_at"])
     if request.htmx:
-        return render(request, "gallery/index.html#favorite", {"generation": generation})
+        context = {"generation": generation, "labelled": "labelled" in request.POST}
+        return render(request, "gallery/index.html#favorite", context)
     return redirect(_next_url(request, generation.get_absolute_url()))
 
 
