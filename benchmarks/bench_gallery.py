@@ -13,14 +13,13 @@ process. About 20 s; the temporary files are removed even on error.
 from __future__ import annotations
 
 import os
-import platform
-import statistics
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from common import machine_line, percentile
 
 REQUESTS = 30
 WARMUP = 2
@@ -45,19 +44,6 @@ class Timing:
     sql_milliseconds: list[float]
     queries: list[int]
     kilobytes: float
-
-
-def machine_line() -> str:
-    now = datetime.now().astimezone().isoformat(timespec="seconds")
-    load = ", ".join(f"{n:.2f}" for n in os.getloadavg())
-    return (
-        f"{now} on {platform.platform()}, {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}, load average {load}"
-    )
-
-
-def percentile(values: list[float], pct: int) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[pct - 1]
 
 
 def add_gallery(username: str, size: int) -> Any:

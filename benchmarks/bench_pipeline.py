@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import platform
 import signal
 import statistics
 import subprocess
@@ -28,10 +27,11 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
+
+from common import machine_line, percentile
 
 from gallery.simulator import SimulatorConfig, SimulatorServer, start_in_thread
 
@@ -122,21 +122,6 @@ class Result:
     provider_peak: int
     log_problems: list[str]
     stop_seconds: float
-
-
-def machine_line() -> str:
-    now = datetime.now().astimezone().isoformat(timespec="seconds")
-    load = ", ".join(f"{n:.2f}" for n in os.getloadavg())
-    return (
-        f"{now} on {platform.platform()}, {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}, load average {load}"
-    )
-
-
-def percentile(values: list[float], pct: int) -> float:
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[pct - 1]
 
 
 def app_environment(tmp: Path, simulator: SimulatorServer, run: Run) -> dict[str, str]:

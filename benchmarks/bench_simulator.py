@@ -18,19 +18,16 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import platform
-import statistics
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import requests
+from common import machine_line, percentile
 from PIL import Image
 
 from gallery.simulator import SimulatorConfig, SimulatorServer, start_in_thread
@@ -112,21 +109,6 @@ class Client:
 
     def close(self) -> None:
         self.session.close()
-
-
-def percentile(values: list[float], pct: int) -> float:
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[pct - 1]
-
-
-def machine_line() -> str:
-    now = datetime.now().astimezone().isoformat(timespec="seconds")
-    load = ", ".join(f"{n:.2f}" for n in os.getloadavg())
-    return (
-        f"{now} on {platform.platform()}, {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}, load average {load}"
-    )
 
 
 def timed(call: Callable[[], object]) -> tuple[float, object]:
