@@ -221,12 +221,14 @@ Q_CLUSTER = {
     "workers": envint("Q_WORKERS", 3),
     "recycle": 200,
     "max_rss": 300_000,
-    # The sweep runs up to SWEEP_SECONDS; a download up to DOWNLOAD_DEADLINE. `retry` must stay
-    # well above `timeout` or a slow task is handed out again while it still runs.
-    "timeout": 180,
+    # The sweep runs up to SWEEP_SECONDS; a download up to DOWNLOAD_DEADLINE (120 s). The ORM
+    # broker hands a task out again after `retry` seconds, so `retry` must exceed the longest a
+    # task can sit in a cluster: timeout + 3 + queue_limit / workers * timeout = 150 + 3 + 2 *
+    # 150 = 453 s with the defaults, or a slow task would run twice at once.
+    "timeout": 150,
     "retry": 600,
     "max_attempts": 2,
-    "queue_limit": 20,
+    "queue_limit": 6,
     "ack_failures": True,
     "catch_up": False,
     "save_limit": 500,
