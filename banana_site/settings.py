@@ -216,9 +216,10 @@ THUMBNAIL_SIZE = envint("THUMBNAIL_SIZE", 512)
 # worker finishes its task before the cluster stops: this bounds how long a shutdown waits.
 SWEEP_SECONDS = envfloat("SWEEP_SECONDS", 10.0)
 
+Q_WORKERS = envint("Q_WORKERS", 3)
 Q_CLUSTER = {
     "name": "banana",
-    "workers": envint("Q_WORKERS", 3),
+    "workers": Q_WORKERS,
     "recycle": 200,
     "max_rss": 300_000,
     # The sweep runs up to SWEEP_SECONDS; a download up to DOWNLOAD_DEADLINE (120 s). The ORM
@@ -228,7 +229,7 @@ Q_CLUSTER = {
     "timeout": 150,
     "retry": 600,
     "max_attempts": 2,
-    "queue_limit": 6,
+    "queue_limit": 2 * Q_WORKERS,
     "ack_failures": True,
     "catch_up": False,
     "save_limit": 500,
