@@ -12,6 +12,7 @@ from django.db import models, transaction
 from django.db.models import Count, F, Min, Q
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.text import Truncator
 
 from gallery import provider
 
@@ -677,6 +678,19 @@ class ShareLink(models.Model):
     @property
     def is_active(self) -> bool:
         return not self.is_revoked and not self.is_expired
+
+    @property
+    def preview_title(self) -> str:
+        """The title a chat app shows: the prompt only if the owner chose to share it."""
+        if self.show_prompt:
+            return Truncator(self.image.generation.prompt).chars(70)
+        return "An image shared from Banana Gallery"
+
+    @property
+    def preview_description(self) -> str:
+        if self.show_prompt:
+            return Truncator(self.image.generation.prompt).chars(200)
+        return "Made with Banana Gallery."
 
     def revoke(self) -> None:
         if self.revoked_at is None:
