@@ -208,8 +208,21 @@ AIGPTIMAGE_RETRY_BASE = envfloat("AIGPTIMAGE_RETRY_BASE", 2.0)
 AIGPTIMAGE_CONFLICT_WAIT = envfloat("AIGPTIMAGE_CONFLICT_WAIT", 10.0)
 # How long a paused (401/402) provider waits before a single probe submission.
 AIGPTIMAGE_PAUSE_PROBE = envfloat("AIGPTIMAGE_PAUSE_PROBE", 60.0)
+# A success record may name several result URLs; each is a download, so more than this are
+# dropped (with a warning in the log).
+AIGPTIMAGE_MAX_RESULT_URLS = envint("AIGPTIMAGE_MAX_RESULT_URLS", 4)
+# Result files are fetched only over https from public addresses. The "host:port" pairs listed
+# here may also be reached over plain http and on loopback or private addresses: that is how
+# `make run`, the tests and the benchmarks reach the simulator (e.g. "127.0.0.1:8765").
+AIGPTIMAGE_RESULT_HOSTS_ALLOWED = envlist("AIGPTIMAGE_RESULT_HOSTS_ALLOWED", "")
 DOWNLOAD_MAX_BYTES = envint("DOWNLOAD_MAX_BYTES", 80 * 1024 * 1024)
+# Seconds for the whole download of one result file, connection, headers and body together.
 DOWNLOAD_DEADLINE = envfloat("DOWNLOAD_DEADLINE", 120.0)
+# Pillow's decompression-bomb limit: an image with more pixels is refused from its header. The
+# largest documented outputs are 8:1 and 1:8 at 4K, 12288x1536 = 18.9 Mpx (1:1 at 4K is 16.8 Mpx),
+# and a result may have 1.5 times its documented size (28.3 Mpx): 40 Mpx admits all of them,
+# while the 160 MB that 40 Mpx takes decoded as RGBA still fits a worker.
+IMAGE_MAX_PIXELS = envint("IMAGE_MAX_PIXELS", 40_000_000)
 DOWNLOAD_ATTEMPTS = envint("DOWNLOAD_ATTEMPTS", 5)
 THUMBNAIL_SIZE = envint("THUMBNAIL_SIZE", 512)
 # How long one poll sweep runs before it hands over to a fresh copy of itself. Short, because a

@@ -71,3 +71,4 @@ def app_settings(request, settings, tmp_path):
     settings.SWEEP_SECONDS = 0.5
     if "simulator" in request.fixturenames:
         settings.AIGPTIMAGE_BASE_URL = request.getfixturevalue("simulator").base_url
+        settings.AIGPTIMAGE_RESULT_HOSTS_ALLOWED = [settings.AIGPTIMAGE_BASE_URL.split("//")[1]]
