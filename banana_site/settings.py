@@ -193,11 +193,22 @@ AIGPTIMAGE_BASE_URL = os.getenv("AIGPTIMAGE_BASE_URL", "https://aigptimage.com")
 AIGPTIMAGE_TIMEOUT = envfloat("AIGPTIMAGE_TIMEOUT", 30.0)
 # Never more tasks active at the provider than this: the key's tier allows 5 on "basic".
 AIGPTIMAGE_MAX_ACTIVE_TASKS = envint("AIGPTIMAGE_MAX_ACTIVE_TASKS", 5)
-# Seconds between two polls of one generation at first; it grows with age up to the max.
+# createTask calls per second across the whole site: the basic tier allows 5 a second but
+# 180 a minute, so 3 a second never draws a 429. Raise it with the tier (standard 10, pro 20).
+AIGPTIMAGE_CREATE_RATE = envfloat("AIGPTIMAGE_CREATE_RATE", 3.0)
+# Polling. Until AIGPTIMAGE_POLL_HISTORY_MIN renders of a resolution are known, a generation is
+# polled every AIGPTIMAGE_POLL_INTERVAL seconds, growing with age up to the max. After that the
+# schedule is planned from the last AIGPTIMAGE_POLL_HISTORY render times (costTime): as few
+# polls as possible while all but AIGPTIMAGE_POLL_MISS of the renders are seen within
+# AIGPTIMAGE_POLL_LATENCY seconds of their end.
 AIGPTIMAGE_POLL_INTERVAL = envfloat("AIGPTIMAGE_POLL_INTERVAL", 3.0)
 AIGPTIMAGE_POLL_MAX_INTERVAL = envfloat("AIGPTIMAGE_POLL_MAX_INTERVAL", 15.0)
-# recordInfo calls per second across the whole site (basic tier allows 20/s).
-AIGPTIMAGE_POLL_BUDGET = envint("AIGPTIMAGE_POLL_BUDGET", 10)
+AIGPTIMAGE_POLL_HISTORY = envint("AIGPTIMAGE_POLL_HISTORY", 400)
+AIGPTIMAGE_POLL_HISTORY_MIN = envint("AIGPTIMAGE_POLL_HISTORY_MIN", 30)
+AIGPTIMAGE_POLL_LATENCY = envfloat("AIGPTIMAGE_POLL_LATENCY", 1.7)
+AIGPTIMAGE_POLL_MISS = envfloat("AIGPTIMAGE_POLL_MISS", 0.04)
+# recordInfo calls per second across the whole site (basic tier allows 20/s, 1000/min).
+AIGPTIMAGE_POLL_BUDGET = envint("AIGPTIMAGE_POLL_BUDGET", 15)
 # A task still unfinished after this many seconds at the provider is failed as timed out.
 AIGPTIMAGE_TASK_DEADLINE = envfloat("AIGPTIMAGE_TASK_DEADLINE", 1800.0)
 # 500s and network errors are retried this many times, with jittered exponential backoff
@@ -215,30 +226,45 @@ AIGPTIMAGE_MAX_RESULT_URLS = envint("AIGPTIMAGE_MAX_RESULT_URLS", 4)
 # here may also be reached over plain http and on loopback or private addresses: that is how
 # `make run`, the tests and the benchmarks reach the simulator (e.g. "127.0.0.1:8765").
 AIGPTIMAGE_RESULT_HOSTS_ALLOWED = envlist("AIGPTIMAGE_RESULT_HOSTS_ALLOWED", "")
+# Result files. DOWNLOAD_DEADLINE is a wall-clock limit on one whole transfer. A file host
+# that is down or slow is tried again with backoff for as long as the result URLs may still be
+# valid (AIGPTIMAGE_RESULT_TTL: the family keeps them about 24 hours), so an outage never
+# loses a paid image; anything else unexpected (a storage error, say) fails the generation
+# after DOWNLOAD_ATTEMPTS tries.
 DOWNLOAD_MAX_BYTES = envint("DOWNLOAD_MAX_BYTES", 80 * 1024 * 1024)
-# Seconds for the whole download of one result file, connection, headers and body together.
+# Seconds for the whole download of a generation's result files, connections, headers and
+# bodies together.
 DOWNLOAD_DEADLINE = envfloat("DOWNLOAD_DEADLINE", 120.0)
 # Pillow's decompression-bomb limit: an image with more pixels is refused from its header. The
 # largest documented outputs are 8:1 and 1:8 at 4K, 12288x1536 = 18.9 Mpx (1:1 at 4K is 16.8 Mpx),
 # and a result may have 1.5 times its documented size (28.3 Mpx): 40 Mpx admits all of them,
 # while the 160 MB that 40 Mpx takes decoded as RGBA still fits a worker.
 IMAGE_MAX_PIXELS = envint("IMAGE_MAX_PIXELS", 40_000_000)
-DOWNLOAD_ATTEMPTS = envint("DOWNLOAD_ATTEMPTS", 5)
+DOWNLOAD_ATTEMPTS = envint("DOWNLOAD_ATTEMPTS", 8)
+DOWNLOAD_RETRY_MAX = envfloat("DOWNLOAD_RETRY_MAX", 300.0)
+AIGPTIMAGE_RESULT_TTL = envfloat("AIGPTIMAGE_RESULT_TTL", 86400.0)
 THUMBNAIL_SIZE = envint("THUMBNAIL_SIZE", 512)
-# How long one poll sweep runs before it hands over to a fresh copy of itself. Short, because a
-# worker finishes its task before the cluster stops: this bounds how long a shutdown waits.
-SWEEP_SECONDS = envfloat("SWEEP_SECONDS", 10.0)
+# The background runners. Each holds a lease that it renews every RUNNER_LEASE / 3 seconds, so a
+# killed worker's work is picked up by another within RUNNER_LEASE seconds. A runner works for
+# RUNNER_SECONDS and then hands over to a fresh copy of itself: short, because a cluster waits
+# for its running tasks when it stops. PIPELINE_RUNNERS submission runners and as many poll
+# runners may run at once across every cluster (more only help on PostgreSQL).
+RUNNER_LEASE = envfloat("RUNNER_LEASE", 6.0)
+RUNNER_SECONDS = envfloat("RUNNER_SECONDS", 10.0)
+PIPELINE_RUNNERS = envint("PIPELINE_RUNNERS", 1)
 
-Q_WORKERS = envint("Q_WORKERS", 3)
+# Two workers are mostly taken by the submission and poll runners; the others download.
+Q_WORKERS = envint("Q_WORKERS", 4)
 Q_CLUSTER = {
     "name": "banana",
     "workers": Q_WORKERS,
     "recycle": 200,
     "max_rss": 300_000,
-    # The sweep runs up to SWEEP_SECONDS; a download up to DOWNLOAD_DEADLINE (120 s). The ORM
+    # A runner runs up to RUNNER_SECONDS; a download up to DOWNLOAD_DEADLINE (120 s). The ORM
     # broker hands a task out again after `retry` seconds, so `retry` must exceed the longest a
     # task can sit in a cluster: timeout + 3 + queue_limit / workers * timeout = 150 + 3 + 2 *
-    # 150 = 453 s with the defaults, or a slow task would run twice at once.
+    # 150 = 453 s with the defaults, or a slow task would run twice at once. (The leases make
+    # a second run harmless anyway: it finds the runner's lease or the generation held.)
     "timeout": 150,
     "retry": 600,
     "max_attempts": 2,

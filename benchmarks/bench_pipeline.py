@@ -48,7 +48,7 @@ LOG_LINES_SHOWN = 10
 # Settings the app reads from the environment: none may leak in from the caller's shell.
 APP_VARIABLES = {
     "DATABASE_URL", "REDIS_URL", "MEDIA_ROOT", "STORAGE_BACKEND", "Q_WORKERS", "Q_SYNC",
-    "SWEEP_SECONDS", "DEBUG", "LOG_LEVEL", "DB_CONN_MAX_AGE", "THUMBNAIL_SIZE",
+    "RUNNER_SECONDS", "DEBUG", "LOG_LEVEL", "DB_CONN_MAX_AGE", "THUMBNAIL_SIZE",
 }  # fmt: skip
 APP_PREFIXES = ("AIGPTIMAGE_", "SIMULATOR_", "DOWNLOAD_", "RATELIMIT_")
 
@@ -136,9 +136,10 @@ def app_environment(tmp: Path, simulator: SimulatorServer, run: Run) -> dict[str
         "MEDIA_ROOT": str(tmp / "media"),
         "AIGPTIMAGE_BASE_URL": simulator.base_url,
         "AIGPTIMAGE_API_KEY": API_KEY,
+        "AIGPTIMAGE_RESULT_HOSTS_ALLOWED": simulator.base_url.removeprefix("http://"),
         "AIGPTIMAGE_MAX_ACTIVE_TASKS": str(run.max_active),
         "AIGPTIMAGE_POLL_INTERVAL": "0.5",
-        "Q_WORKERS": "3",
+        "Q_WORKERS": "4",
         "DEBUG": "0",
         "LOG_LEVEL": "INFO",
         "BENCH_GENERATIONS": str(GENERATIONS),

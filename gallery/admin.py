@@ -18,7 +18,6 @@ class ProviderAccountAdmin(admin.ModelAdmin):
         "probe_at",
         "create_not_before",
         "query_not_before",
-        "sweep_lease_until",
         "updated_at",
     ]
     fields = readonly_fields
@@ -60,12 +59,14 @@ class GenerationAdmin(admin.ModelAdmin):
         "provider_completed_at",
         "cost_time_ms",
         "finished_at",
-        "attempts",
+        "submit_attempts",
+        "poll_count",
+        "poll_errors",
+        "download_attempts",
         "retry_at",
         "next_poll_at",
         "last_polled_at",
-        "poll_count",
-        "poll_errors",
+        "lease_until",
     ]
     inlines = [ImageInline]
     actions = ["retry_failed"]

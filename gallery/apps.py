@@ -6,3 +6,12 @@ from django.apps import AppConfig
 class GalleryConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
     name = "gallery"
+
+    def ready(self) -> None:
+        from django_q.signals import post_spawn
+
+        from gallery import tasks
+
+        # A worker process that starts (at cluster start, after a crash or a recycle) sends a
+        # reconcile, so that a killed worker's work resumes within seconds, not a minute.
+        post_spawn.connect(tasks.on_worker_start, dispatch_uid="gallery.on_worker_start")

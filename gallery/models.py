@@ -1,15 +1,19 @@
 from __future__ import annotations
 
+import bisect
 import logging
+import math
 import random
 import secrets
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.core.cache import cache
 from django.core.files.storage import default_storage
 from django.db import models, transaction
-from django.db.models import Count, F, Min, Q
+from django.db.models import Count, F, Max, Q
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.text import Truncator
@@ -26,9 +30,10 @@ def _choices(values: tuple[str, ...]) -> list[tuple[str, str]]:
 class ProviderAccount(models.Model):
     """The one row that every web process and worker shares about the provider account.
 
-    It is the circuit breaker (401/402 pause all submission), remembers how long a 429 asked us
-    to wait, holds the poll sweep's lease, and is the row that submission locks so that two
-    workers never both take the last free slot.
+    It is the circuit breaker (401/402 pause all submission) and holds the two clocks that say
+    when the next createTask and the next recordInfo may go: a 429 or a 409 moves them, and so
+    does pacing under the tier's rates. Submission locks this row while it claims slots, so
+    that the active-task limit holds across every worker of every cluster.
     """
 
     class PauseReason(models.TextChoices):
@@ -42,8 +47,6 @@ class ProviderAccount(models.Model):
     probe_at = models.DateTimeField(null=True, blank=True)
     create_not_before = models.DateTimeField(null=True, blank=True)
     query_not_before = models.DateTimeField(null=True, blank=True)
-    sweep_lease = models.CharField(max_length=32, blank=True)
-    sweep_lease_until = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -105,14 +108,17 @@ class ProviderAccount(models.Model):
         self.refresh_from_db()
 
     def wait_before_create(self, seconds: float) -> None:
+        """No createTask for `seconds` (a 409 or a 429), unless a later wait is already set."""
         until = timezone.now() + timedelta(seconds=seconds)
-        ProviderAccount.objects.filter(pk=self.pk).update(create_not_before=until)
-        self.create_not_before = until
+        ProviderAccount.objects.filter(pk=self.pk).filter(
+            Q(create_not_before__isnull=True) | Q(create_not_before__lt=until)
+        ).update(create_not_before=until)
 
     def wait_before_query(self, seconds: float) -> None:
         until = timezone.now() + timedelta(seconds=seconds)
-        ProviderAccount.objects.filter(pk=self.pk).update(query_not_before=until)
-        self.query_not_before = until
+        ProviderAccount.objects.filter(pk=self.pk).filter(
+            Q(query_not_before__isnull=True) | Q(query_not_before__lt=until)
+        ).update(query_not_before=until)
 
     def may_create(self, now: datetime) -> bool:
         """Whether a createTask may go now; while paused, one probe per AIGPTIMAGE_PAUSE_PROBE."""
@@ -125,34 +131,84 @@ class ProviderAccount(models.Model):
     def may_query(self, now: datetime) -> bool:
         return not (self.query_not_before and self.query_not_before > now)
 
-    def take_sweep_lease(self, seconds: float) -> str | None:
-        """Compare-and-set on the lease so that only one poll sweep runs at a time."""
+    def reserve_creates(self, now: datetime, count: int) -> list[datetime]:
+        """Send times for `count` createTasks, paced at AIGPTIMAGE_CREATE_RATE across the site.
+
+        Call with the row locked. The clock moves past the last reserved time, so the next
+        claim (by any worker) continues the same even spacing instead of bursting.
+        """
+        spacing = timedelta(seconds=1 / settings.AIGPTIMAGE_CREATE_RATE)
+        start = max(now, self.create_not_before or now)
+        self.create_not_before = start + spacing * count
+        ProviderAccount.objects.filter(pk=self.pk).update(create_not_before=self.create_not_before)
+        return [start + spacing * i for i in range(count)]
+
+    def reserve_queries(self, now: datetime, count: int) -> None:
+        """Spend `count` recordInfo calls of the site's budget (AIGPTIMAGE_POLL_BUDGET a second)."""
+        start = max(now, self.query_not_before or now)
+        self.query_not_before = start + timedelta(seconds=count / settings.AIGPTIMAGE_POLL_BUDGET)
+        ProviderAccount.objects.filter(pk=self.pk).update(query_not_before=self.query_not_before)
+
+
+class Lease(models.Model):
+    """A named lock that expires unless its holder renews it.
+
+    Each background runner (submission, polling) takes one, so that a bounded number of each
+    runs across every worker of every cluster; a runner killed mid-way loses it within
+    RUNNER_LEASE seconds. `requested_at` remembers that a runner's queue message was just sent,
+    so that a burst of wake-ups sends one message, not one each.
+    """
+
+    name = models.CharField(max_length=40, primary_key=True)
+    holder = models.CharField(max_length=32, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    requested_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+    @staticmethod
+    def _free(now: datetime) -> Q:
+        return Q(expires_at__isnull=True) | Q(expires_at__lt=now)
+
+    @classmethod
+    def take(cls, name: str, seconds: float) -> str | None:
+        """Compare-and-set: the holder's token if the lease was free, else None."""
+        cls.objects.get_or_create(name=name)
         now = timezone.now()
         token = uuid.uuid4().hex
-        taken = (
-            ProviderAccount.objects.filter(pk=self.pk)
-            .filter(Q(sweep_lease_until__isnull=True) | Q(sweep_lease_until__lt=now))
-            .update(sweep_lease=token, sweep_lease_until=now + timedelta(seconds=seconds))
+        taken = cls.objects.filter(cls._free(now), name=name).update(
+            holder=token, expires_at=now + timedelta(seconds=seconds), requested_at=None
         )
         return token if taken else None
 
-    def renew_sweep_lease(self, token: str, seconds: float) -> bool:
-        """Extend a held lease; False if it was lost (expired and taken by another sweep)."""
+    @classmethod
+    def renew(cls, name: str, token: str, seconds: float) -> bool:
+        """Extend a held lease; False if it was lost (it lapsed and another runner took it)."""
         until = timezone.now() + timedelta(seconds=seconds)
+        return bool(cls.objects.filter(name=name, holder=token).update(expires_at=until))
+
+    @classmethod
+    def release(cls, name: str, token: str) -> None:
+        cls.objects.filter(name=name, holder=token).update(holder="", expires_at=None)
+
+    @classmethod
+    def request(cls, name: str, within: float) -> bool:
+        """True when the caller should send the runner's message: the lease is free and no
+        message went out in the last `within` seconds."""
+        cls.objects.get_or_create(name=name)
+        now = timezone.now()
         return bool(
-            ProviderAccount.objects.filter(pk=self.pk, sweep_lease=token).update(
-                sweep_lease_until=until
+            cls.objects.filter(cls._free(now), name=name)
+            .filter(
+                Q(requested_at__isnull=True) | Q(requested_at__lt=now - timedelta(seconds=within))
             )
+            .update(requested_at=now)
         )
 
-    def release_sweep_lease(self, token: str) -> None:
-        ProviderAccount.objects.filter(pk=self.pk, sweep_lease=token).update(
-            sweep_lease="", sweep_lease_until=None
-        )
-
-    def sweep_is_running(self) -> bool:
-        self.refresh_from_db(fields=["sweep_lease_until"])
-        return bool(self.sweep_lease_until and self.sweep_lease_until >= timezone.now())
+    @classmethod
+    def expiry(cls, name: str) -> datetime | None:
+        return cls.objects.filter(name=name).values_list("expires_at", flat=True).first()
 
 
 class GenerationQuerySet(models.QuerySet):
@@ -170,17 +226,28 @@ class GenerationQuerySet(models.QuerySet):
         """Generations that hold one of the provider's active-task slots."""
         return self.filter(status__in=Generation.IN_FLIGHT)
 
+    def unleased(self, now: datetime) -> GenerationQuerySet:
+        return self.filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
+
     def polling(self) -> GenerationQuerySet:
         return self.filter(status__in=Generation.AT_PROVIDER)
 
     def due_for_poll(self, now: datetime) -> GenerationQuerySet:
-        return self.polling().filter(next_poll_at__lte=now)
+        return self.polling().filter(next_poll_at__lte=now).unleased(now)
 
     def downloading(self) -> GenerationQuerySet:
         return self.filter(status=Generation.Status.DOWNLOADING)
 
     def due_for_download(self, now: datetime) -> GenerationQuerySet:
-        return self.downloading().filter(Q(retry_at__isnull=True) | Q(retry_at__lte=now))
+        """Downloads to hand to a download task: past their backoff, or left by a dead worker."""
+        return self.downloading().filter(
+            Q(retry_at__lte=now) | Q(lease_until__lt=now),
+            Q(lease_until__isnull=True) | Q(lease_until__lt=now),
+        )
+
+    def stale_submitting(self, now: datetime) -> GenerationQuerySet:
+        """Claimed for submission by a worker that stopped renewing its claim (it died)."""
+        return self.filter(status=Generation.Status.SUBMITTING).unleased(now)
 
     def pending(self) -> GenerationQuerySet:
         return self.exclude(status__in=Generation.FINISHED)
@@ -214,64 +281,116 @@ class GenerationQuerySet(models.QuerySet):
 
     def delete_with_files(self) -> int:
         """Delete these generations, their images and share links, and then their files."""
-        Image.objects.filter(generation__in=self).delete_with_files()
-        deleted = self.count()
-        self.delete()
-        return deleted
+        with transaction.atomic():
+            ids = list(self.values_list("pk", flat=True))
+            Image.objects.filter(generation__in=ids).delete_with_files()
+            _, deleted = Generation.objects.filter(pk__in=ids).delete()
+        return deleted.get(Generation._meta.label, 0)
 
-    def stuck_submitting(self, now: datetime, after: float) -> GenerationQuerySet:
-        return self.filter(
-            status=Generation.Status.SUBMITTING,
-            submitted_at__lt=now - timedelta(seconds=after),
-        )
+    def claim_for_submission(self, now: datetime, limit: int) -> list[tuple[Generation, datetime]]:
+        """Claim up to `limit` queued generations for submission, each with its send time.
 
-    def claim_next(self, now: datetime) -> Generation | None:
-        """Take the next queued generation for submission, or None if no slot may be used.
-
-        Slots are shared fairly: the owner with the fewest generations in flight goes first,
-        and among equals the one whose oldest request waits longest. The provider account row
-        is locked (PostgreSQL) or the write lock taken (SQLite, IMMEDIATE) for the whole
-        decision, so several workers never take more slots than AIGPTIMAGE_MAX_ACTIVE_TASKS.
+        Within one transaction that holds the provider account row (PostgreSQL locks it;
+        SQLite's IMMEDIATE mode takes the write lock), so the active-task limit holds however
+        many workers and clusters claim at once:
+        - generations left `submitting` by a dead worker go back to the queue first (sending
+          them again is safe: the same X-Request-ID returns the task the provider may have
+          made);
+        - no more are claimed than AIGPTIMAGE_MAX_ACTIVE_TASKS minus those in flight;
+        - slots are shared fairly: each pick goes to the owner with the fewest in flight, and
+          among those to the one served longest ago, so ties rotate;
+        - send times are paced at AIGPTIMAGE_CREATE_RATE, and while paused only one probe
+          goes out per AIGPTIMAGE_PAUSE_PROBE.
         """
         with transaction.atomic():
             account = ProviderAccount.locked()
+            Generation.objects.stale_submitting(now).update(
+                status=Generation.Status.QUEUED, lease_until=None, updated_at=now
+            )
             if not account.may_create(now):
-                return None
-            if Generation.objects.in_flight().count() >= settings.AIGPTIMAGE_MAX_ACTIVE_TASKS:
-                return None
-            waiting = list(
-                Generation.objects.ready(now)
-                .values("owner")
-                .annotate(oldest=Min("created_at"))
-                .order_by()
-            )
-            if not waiting:
-                return None
-            active = dict(
-                Generation.objects.in_flight()
-                .values("owner")
-                .annotate(n=Count("id"))
-                .values_list("owner", "n")
-                .order_by()
-            )
-            owner = min(waiting, key=lambda row: (active.get(row["owner"], 0), row["oldest"]))
-            generation = (
-                Generation.objects.ready(now)
-                .filter(owner=owner["owner"])
-                .order_by("created_at", "id")
-                .first()
-            )
-            if generation is None:
-                return None
+                return []
+            free = settings.AIGPTIMAGE_MAX_ACTIVE_TASKS - Generation.objects.in_flight().count()
+            limit = min(limit, free, 1 if account.is_paused else limit)
+            if limit <= 0:
+                return []
+            picked = Generation.objects.fair_share(now, limit)
+            if not picked:
+                return []
             if account.is_paused:
-                # One probe per interval while paused; its answer opens or closes the circuit.
                 ProviderAccount.objects.filter(pk=account.pk).update(
                     probe_at=now + timedelta(seconds=settings.AIGPTIMAGE_PAUSE_PROBE)
                 )
-            generation.status = Generation.Status.SUBMITTING
-            generation.submitted_at = now
-            generation.save(update_fields=["status", "submitted_at", "updated_at"])
-            return generation
+            send_times = account.reserve_creates(now, len(picked))
+            lease = timedelta(seconds=settings.RUNNER_LEASE)
+            Generation.objects.filter(pk__in=picked).update(
+                status=Generation.Status.SUBMITTING, lease_until=now + lease, updated_at=now
+            )
+            claimed = Generation.objects.in_bulk(picked)
+            return [(claimed[pk], at) for pk, at in zip(picked, send_times, strict=True)]
+
+    def fair_share(self, now: datetime, limit: int) -> list[int]:
+        waiting = set(Generation.objects.ready(now).values_list("owner", flat=True).distinct())
+        if not waiting:
+            return []
+        active = dict(
+            Generation.objects.in_flight()
+            .filter(owner__in=waiting)
+            .values("owner")
+            .annotate(n=Count("id"))
+            .values_list("owner", "n")
+            .order_by()
+        )
+        served = dict(
+            Generation.objects.filter(owner__in=waiting, submitted_at__isnull=False)
+            .values("owner")
+            .annotate(last=Max("submitted_at"))
+            .values_list("owner", "last")
+            .order_by()
+        )
+        never = datetime.min.replace(tzinfo=now.tzinfo)
+        queues: dict[int, list[int]] = {}
+        picks: list[int] = []
+        for _ in range(limit):
+            owner = min(waiting, key=lambda o: (active.get(o, 0), served.get(o) or never, o))
+            if owner not in queues:
+                queues[owner] = list(
+                    Generation.objects.ready(now)
+                    .filter(owner=owner)
+                    .order_by("created_at", "id")
+                    .values_list("pk", flat=True)[:limit]
+                )
+            if not queues[owner]:
+                waiting.discard(owner)
+                if not waiting:
+                    break
+                continue
+            picks.append(queues[owner].pop(0))
+            active[owner] = active.get(owner, 0) + 1
+            served[owner] = now + timedelta(microseconds=len(picks))
+        return picks
+
+    def claim_due_polls(self, now: datetime, limit: int) -> list[Generation]:
+        """Claim up to `limit` generations whose poll is due, within the site's query budget.
+
+        Rows another worker holds are skipped (`skip_locked` on PostgreSQL), and each claimed
+        row gets a lease, so two poll runners never poll the same task at once.
+        """
+        with transaction.atomic():
+            account = ProviderAccount.locked()
+            if not account.may_query(now):
+                return []
+            ids = list(
+                Generation.objects.due_for_poll(now)
+                .order_by("next_poll_at")
+                .select_for_update(skip_locked=True)
+                .values_list("pk", flat=True)[:limit]
+            )
+            if not ids:
+                return []
+            account.reserve_queries(now, len(ids))
+            lease = now + timedelta(seconds=settings.RUNNER_LEASE)
+            Generation.objects.filter(pk__in=ids).update(lease_until=lease)
+            return list(Generation.objects.filter(pk__in=ids).order_by("next_poll_at"))
 
 
 class Generation(models.Model):
@@ -316,19 +435,24 @@ class Generation(models.Model):
 
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
+    # When the provider accepted the task: polling and the task deadline count from here.
     submitted_at = models.DateTimeField(null=True, blank=True)
     provider_created_at = models.DateTimeField(null=True, blank=True)
     provider_completed_at = models.DateTimeField(null=True, blank=True)
     cost_time_ms = models.PositiveIntegerField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
-    # Bookkeeping for the workers.
-    attempts = models.PositiveSmallIntegerField(default=0)
+    # Bookkeeping for the workers, one field per meaning.
+    submit_attempts = models.PositiveSmallIntegerField(default=0)
+    poll_count = models.PositiveIntegerField(default=0)
+    poll_errors = models.PositiveSmallIntegerField(default=0)
+    download_attempts = models.PositiveSmallIntegerField(default=0)
+    # When the current step may be tried again after a backoff (queued or downloading).
     retry_at = models.DateTimeField(null=True, blank=True)
     next_poll_at = models.DateTimeField(null=True, blank=True)
     last_polled_at = models.DateTimeField(null=True, blank=True)
-    poll_count = models.PositiveIntegerField(default=0)
-    poll_errors = models.PositiveSmallIntegerField(default=0)
+    # A worker holds this generation (sending, polling or downloading it) until then.
+    lease_until = models.DateTimeField(null=True, blank=True)
 
     objects = GenerationQuerySet.as_manager()
 
@@ -342,6 +466,10 @@ class Generation(models.Model):
             # The workers: what is due, whoever owns it.
             models.Index(fields=["status", "next_poll_at"], name="gen_status_poll"),
             models.Index(fields=["status", "retry_at"], name="gen_status_retry"),
+            # Fair share: when each owner was last served.
+            models.Index(fields=["owner", "submitted_at"], name="gen_owner_served"),
+            # Render-time history per resolution, for the poll schedule.
+            models.Index(fields=["resolution", "status", "-id"], name="gen_render_history"),
         ]
 
     def __str__(self) -> str:
@@ -399,24 +527,28 @@ class Generation(models.Model):
 
     # Transitions. Each writes only the fields it owns and guards on the status it expects, so a
     # task that runs twice, or a reconcile racing a worker, cannot move a generation backwards.
+    # Counters go up with F() so that two writers never lose a count.
 
     def _transition(self, expected: tuple[str, ...], **fields) -> bool:
         updated = Generation.objects.filter(pk=self.pk, status__in=expected).update(
             updated_at=timezone.now(), **fields
         )
         if updated:
-            for name, value in fields.items():
+            plain = {k: v for k, v in fields.items() if not hasattr(v, "resolve_expression")}
+            for name, value in plain.items():
                 setattr(self, name, value)
+            if counted := [k for k in fields if k not in plain]:
+                self.refresh_from_db(fields=counted)
         return bool(updated)
 
     def requeue(self, *, retry_in: float | None = None, count_attempt: bool = False) -> bool:
-        now = timezone.now()
-        return self._transition(
-            (self.Status.SUBMITTING,),
-            status=self.Status.QUEUED,
-            retry_at=now + timedelta(seconds=retry_in) if retry_in else None,
-            attempts=self.attempts + 1 if count_attempt else self.attempts,
-        )
+        """Back to the queue from a claim that did not make a task (a 409, 429, 500 or pause)."""
+        fields: dict = {"status": self.Status.QUEUED, "lease_until": None, "retry_at": None}
+        if retry_in:
+            fields["retry_at"] = timezone.now() + timedelta(seconds=retry_in)
+        if count_attempt:
+            fields["submit_attempts"] = F("submit_attempts") + 1
+        return self._transition((self.Status.SUBMITTING,), **fields)
 
     def mark_submitted(self, task_id: str) -> bool:
         now = timezone.now()
@@ -425,23 +557,26 @@ class Generation(models.Model):
             status=self.Status.WAITING,
             task_id=task_id,
             provider_state="waiting",
+            submitted_at=now,
             retry_at=None,
-            next_poll_at=now + timedelta(seconds=settings.AIGPTIMAGE_POLL_INTERVAL),
+            lease_until=None,
+            next_poll_at=now + timedelta(seconds=first_poll_delay(self.resolution)),
         )
 
     def mark_failed(self, message: str, code: str = "") -> bool:
         return self._transition(
             (*self.IN_FLIGHT, self.Status.QUEUED, self.Status.DOWNLOADING),
             status=self.Status.FAILED,
-            fail_code=code,
+            fail_code=code[:20],
             fail_message=message,
             finished_at=timezone.now(),
             retry_at=None,
             next_poll_at=None,
+            lease_until=None,
         )
 
     def record_poll(self, record: provider.TaskRecord) -> bool:
-        """Apply one recordInfo answer for a pending task."""
+        """Apply one recordInfo answer for a task that is still pending."""
         now = timezone.now()
         status = record.state if record.state in self.AT_PROVIDER else self.status
         return self._transition(
@@ -450,23 +585,27 @@ class Generation(models.Model):
             provider_state=record.state[:30],
             provider_created_at=record.create_time or self.provider_created_at,
             last_polled_at=now,
-            poll_count=self.poll_count + 1,
+            poll_count=F("poll_count") + 1,
             poll_errors=0,
-            next_poll_at=now + timedelta(seconds=self.poll_interval(now)),
+            lease_until=None,
+            next_poll_at=now + timedelta(seconds=self.next_poll_delay(now)),
         )
 
     def record_poll_error(self, retry_in: float, *, count: bool = True) -> bool:
         """Poll again later; `count=False` for waits that are not failures (429, a pause)."""
         now = timezone.now()
-        return self._transition(
-            self.AT_PROVIDER,
-            last_polled_at=now,
-            poll_count=self.poll_count + 1,
-            poll_errors=self.poll_errors + 1 if count else self.poll_errors,
-            next_poll_at=now + timedelta(seconds=retry_in),
-        )
+        fields: dict = {
+            "last_polled_at": now,
+            "poll_count": F("poll_count") + 1,
+            "lease_until": None,
+            "next_poll_at": now + timedelta(seconds=retry_in),
+        }
+        if count:
+            fields["poll_errors"] = F("poll_errors") + 1
+        return self._transition(self.AT_PROVIDER, **fields)
 
-    def mark_succeeded(self, record: provider.TaskRecord, download_lease: float) -> bool:
+    def mark_succeeded(self, record: provider.TaskRecord) -> bool:
+        """The task is done at the provider: its result URLs go to a download task."""
         now = timezone.now()
         return self._transition(
             self.AT_PROVIDER,
@@ -474,13 +613,14 @@ class Generation(models.Model):
             provider_state=record.state,
             result_urls=record.result_urls,
             provider_created_at=record.create_time or self.provider_created_at,
-            provider_completed_at=record.complete_time,
+            provider_completed_at=record.complete_time or now,
             cost_time_ms=record.cost_time_ms,
             last_polled_at=now,
-            poll_count=self.poll_count + 1,
+            poll_count=F("poll_count") + 1,
             next_poll_at=None,
-            attempts=0,
-            retry_at=now + timedelta(seconds=download_lease),
+            lease_until=None,
+            retry_at=None,
+            download_attempts=0,
         )
 
     def mark_provider_failed(self, record: provider.TaskRecord) -> bool:
@@ -488,25 +628,39 @@ class Generation(models.Model):
             self.AT_PROVIDER,
             status=self.Status.FAILED,
             provider_state=record.state,
-            fail_code=record.fail_code or "fail",
+            fail_code=(record.fail_code or "fail")[:20],
             fail_message=record.fail_message or "The image service could not make this image.",
             provider_created_at=record.create_time or self.provider_created_at,
             provider_completed_at=record.complete_time,
             cost_time_ms=record.cost_time_ms,
+            poll_count=F("poll_count") + 1,
             finished_at=timezone.now(),
             next_poll_at=None,
+            lease_until=None,
+        )
+
+    def claim_download(self, seconds: float) -> bool:
+        """Take this download for `seconds` (renewed while it runs); False if another worker
+        holds it, so a download never runs twice at once."""
+        now = timezone.now()
+        updated = (
+            Generation.objects.filter(pk=self.pk, status=self.Status.DOWNLOADING)
+            .unleased(now)
+            .update(lease_until=now + timedelta(seconds=seconds), retry_at=None, updated_at=now)
+        )
+        return bool(updated)
+
+    def renew_lease(self, seconds: float) -> None:
+        Generation.objects.filter(pk=self.pk).update(
+            lease_until=timezone.now() + timedelta(seconds=seconds)
         )
 
     def record_download_error(self, retry_in: float) -> bool:
         return self._transition(
             (self.Status.DOWNLOADING,),
-            attempts=self.attempts + 1,
+            download_attempts=F("download_attempts") + 1,
             retry_at=timezone.now() + timedelta(seconds=retry_in),
-        )
-
-    def lease_download(self, seconds: float) -> bool:
-        return self._transition(
-            (self.Status.DOWNLOADING,), retry_at=timezone.now() + timedelta(seconds=seconds)
+            lease_until=None,
         )
 
     def mark_done(self) -> bool:
@@ -515,47 +669,177 @@ class Generation(models.Model):
             status=self.Status.DONE,
             finished_at=timezone.now(),
             retry_at=None,
+            lease_until=None,
         )
+
+    def result_may_be_valid(self, now: datetime) -> bool:
+        """Whether the provider's result URLs can still work (the family keeps them ~24 h)."""
+        completed = self.provider_completed_at or self.updated_at
+        return (now - completed).total_seconds() < settings.AIGPTIMAGE_RESULT_TTL
 
     def retry(self) -> bool:
         """Start a failed generation again as a new provider task (so a new request id).
 
         Images kept from the failed try (one of several results saved before the others
-        expired) go, so that the new task's results are stored in full.
+        expired) go, so that the new task's results are stored in full. One transaction: the
+        images go only if the generation really goes back to the queue.
         """
         if self.status != self.Status.FAILED:
             return False
-        self.images.all().delete_with_files()
-        return self._transition(
-            (self.Status.FAILED,),
-            status=self.Status.QUEUED,
-            request_id=uuid.uuid4(),
-            task_id="",
-            provider_state="",
-            result_urls=[],
-            fail_code="",
-            fail_message="",
-            attempts=0,
-            retry_at=None,
-            next_poll_at=None,
-            poll_count=0,
-            poll_errors=0,
-            submitted_at=None,
-            provider_created_at=None,
-            provider_completed_at=None,
-            cost_time_ms=None,
-            finished_at=None,
-        )
+        with transaction.atomic():
+            restarted = self._transition(
+                (self.Status.FAILED,),
+                status=self.Status.QUEUED,
+                request_id=uuid.uuid4(),
+                task_id="",
+                provider_state="",
+                result_urls=[],
+                fail_code="",
+                fail_message="",
+                submit_attempts=0,
+                download_attempts=0,
+                retry_at=None,
+                lease_until=None,
+                next_poll_at=None,
+                last_polled_at=None,
+                poll_count=0,
+                poll_errors=0,
+                created_at=timezone.now(),
+                submitted_at=None,
+                provider_created_at=None,
+                provider_completed_at=None,
+                cost_time_ms=None,
+                finished_at=None,
+            )
+            if restarted:
+                self.images.all().delete_with_files()
+        return restarted
 
-    def poll_interval(self, now: datetime) -> float:
-        """Poll often at first, then less: a 4K image takes a minute or more."""
+    def next_poll_delay(self, now: datetime) -> float:
+        """Seconds until the next poll: from the learnt schedule for this resolution, or, until
+        there is enough history, often at first and then less."""
         age = (now - (self.submitted_at or now)).total_seconds()
+        schedule = poll_schedule(self.resolution)
+        if schedule is not None:
+            return schedule.next_after(age) - age
         base = settings.AIGPTIMAGE_POLL_INTERVAL
         return min(settings.AIGPTIMAGE_POLL_MAX_INTERVAL, base * (1 + age / 20))
 
     def is_past_deadline(self, now: datetime) -> bool:
         started = self.submitted_at or self.created_at
         return (now - started).total_seconds() > settings.AIGPTIMAGE_TASK_DEADLINE
+
+
+# The poll schedule, learnt from render times.
+
+
+@dataclass(frozen=True)
+class PollSchedule:
+    """When to poll a task, in seconds after the provider accepted it.
+
+    `offsets` come from render times seen for one resolution: the first poll just before the
+    earliest renders end, dense where most end, sparser in the tail. After the last offset the
+    gaps grow by half each time, up to AIGPTIMAGE_POLL_MAX_INTERVAL.
+    """
+
+    offsets: tuple[float, ...]
+
+    def next_after(self, age: float) -> float:
+        for offset in self.offsets:
+            if offset > age + 0.01:
+                return offset
+        last = self.offsets[-1]
+        gap = self.offsets[-1] - self.offsets[-2] if len(self.offsets) > 1 else last
+        cap = settings.AIGPTIMAGE_POLL_MAX_INTERVAL
+        while last <= age + 0.01:
+            gap = min(cap, gap * 1.5)
+            last += gap
+        return last
+
+
+def plan_polls(
+    render_seconds: list[float], latency: float, miss: float, max_gap: float
+) -> tuple[float, ...]:
+    """Poll times that make the fewest polls on average for renders like these, while at most
+    a `miss` fraction of them is seen more than `latency` seconds after it ended.
+
+    Dynamic programming on a grid of latency/20 s. A poll at t after the one at s is made only
+    if the render is still going at s, so it costs the fraction of renders longer than s; the
+    renders that end in (s, t - latency] are seen late. The state is (poll time, renders seen
+    late so far), so the late budget goes where it saves the most polls: before the first poll
+    and in the sparse tail, never where most renders end.
+    """
+    samples = sorted(render_seconds)
+    n = len(samples)
+    step = latency / 20
+    grid = [step * i for i in range(int((samples[-1] + latency) / step) + 2)]
+    ended = [bisect.bisect_right(samples, t) for t in grid]
+    ended_late = [bisect.bisect_right(samples, t - latency) if t > latency else 0 for t in grid]
+    budget = int(miss * n)
+    reach = max(1, int(max_gap / step))
+    size = len(grid)
+    # best[i][k]: the fewest expected polls (in renders, not fractions) to poll at grid[i]
+    # having seen k renders late.
+    best = [[math.inf] * (budget + 1) for _ in range(size)]
+    back: list[list[tuple[int, int]]] = [[(0, 0)] * (budget + 1) for _ in range(size)]
+    best[0][0] = 0.0
+    for i in range(1, size):
+        row, links = best[i], back[i]
+        # The first poll may come any time after acceptance; later gaps stay under max_gap.
+        for j in (0, *range(max(1, i - reach), i)):
+            late = max(0, ended_late[i] - ended[j])
+            if late > budget:
+                continue
+            cost = n - ended[j]
+            for k, previous in enumerate(best[j][: budget + 1 - late]):
+                if previous + cost < row[k + late]:
+                    row[k + late] = previous + cost
+                    links[k + late] = (j, k)
+    # The last poll must come after the longest render seen.
+    last = next(i for i in range(size) if ended[i] == n)
+    i, k = min(
+        ((i, k) for i in range(last, size) for k in range(budget + 1)),
+        key=lambda state: best[state[0]][state[1]],
+    )
+    plan = []
+    while i:
+        plan.append(grid[i])
+        i, k = back[i][k]
+    return tuple(round(t, 3) for t in reversed(plan))
+
+
+def poll_schedule(resolution: str) -> PollSchedule | None:
+    """The schedule for this resolution from the last renders, or None without enough of them.
+
+    Kept in the cache for a minute (shared by every process when the cache is Redis), since
+    planning takes a fraction of a second.
+    """
+    key = f"poll-schedule:{resolution}"
+    cached = cache.get(key)
+    if cached is not None:
+        return PollSchedule(tuple(cached)) if cached else None
+    history = list(
+        Generation.objects.filter(
+            resolution=resolution, status=Generation.Status.DONE, cost_time_ms__isnull=False
+        )
+        .order_by("-id")
+        .values_list("cost_time_ms", flat=True)[: settings.AIGPTIMAGE_POLL_HISTORY]
+    )
+    offsets: tuple[float, ...] = ()
+    if len(history) >= settings.AIGPTIMAGE_POLL_HISTORY_MIN:
+        offsets = plan_polls(
+            [ms / 1000 for ms in history],
+            latency=settings.AIGPTIMAGE_POLL_LATENCY,
+            miss=settings.AIGPTIMAGE_POLL_MISS,
+            max_gap=settings.AIGPTIMAGE_POLL_MAX_INTERVAL,
+        )
+    cache.set(key, list(offsets), 60)
+    return PollSchedule(offsets) if offsets else None
+
+
+def first_poll_delay(resolution: str) -> float:
+    schedule = poll_schedule(resolution)
+    return schedule.offsets[0] if schedule is not None else settings.AIGPTIMAGE_POLL_INTERVAL
 
 
 def _delete_files(names: list[str]) -> None:

@@ -1,184 +1,369 @@
 """Background work, run by django-q2 workers. Plain functions that take primary keys.
 
 The database is the source of truth for every generation; the queue only wakes workers up.
-Every function here is safe to run twice, and `reconcile` (scheduled every minute) repairs
-whatever a lost queue message or a killed worker left behind.
+Work flows one way, and each step hands over forward with a row state and a queue message:
 
-- `submit_queued` sends queued generations to the provider while slots are free.
-- `poll_sweep` polls every due generation within a request budget, hands finished ones to
-  `download_images`, and re-arms itself while work is in flight. A lease keeps it single.
-- `download_images` stores the results through Django's storage API with a WebP thumbnail.
+    a post -> queued -> `submit_queued` -> at the provider -> `poll_due` -> downloading
+           -> `download_images` -> done (or failed, with a plain reason, at any step)
+
+- `submit_queued` and `poll_due` are runners. Each holds a lease (at most PIPELINE_RUNNERS of
+  each kind run at once, over every cluster), works in bounded batches for RUNNER_SECONDS while
+  a heartbeat thread renews its lease and the leases of the rows it holds, then hands over to a
+  fresh copy of itself if work is left. Submission and polling never wait on each other.
+- `download_images` stores one generation's results, holding that generation's lease, so a
+  download never runs twice at once.
+- `reconcile` (every minute, and whenever a worker process starts) repairs what a lost queue
+  message or a killed worker left behind.
+
+Every function here is safe to run twice.
 """
 
 from __future__ import annotations
 
+import enum
 import hashlib
-import io
 import logging
+import tempfile
+import threading
 import time
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import timedelta
 
-import requests
 from django.conf import settings
-from django.core.files.base import ContentFile
-from django.db import IntegrityError
+from django.core.files.base import ContentFile, File
+from django.db import IntegrityError, close_old_connections, connection
 from django.utils import timezone
 from django_q.tasks import async_task
-from PIL import Image as PILImage
-from PIL import UnidentifiedImageError
 
 from gallery import provider
-from gallery.models import Generation, Image, ProviderAccount, backoff
+from gallery.models import Generation, Image, Lease, ProviderAccount, backoff
 
 log = logging.getLogger(__name__)
 
-EXPECTED_FORMATS = {"png": "PNG", "jpg": "JPEG"}
-POLL_THREADS = 4
+SUBMIT_THREADS = 8
+POLL_THREADS = 8
+DOWNLOAD_HANDOVER_BATCH = 50
+RUNNERS = {"submit": "gallery.tasks.submit_queued", "poll": "gallery.tasks.poll_due"}
+
+
+class SubmitOutcome(enum.Enum):
+    ACCEPTED = "accepted"
+    FAILED = "failed"
+    RETRY = "retry"  # this generation waits out a backoff; others may go on
+    HOLD = "hold"  # nothing more may be sent for now (409, 429, a pause)
+
+
+class PollOutcome(enum.Enum):
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    RETRY = "retry"
+    HOLD = "hold"
+
+
+class DownloadOutcome(enum.Enum):
+    DONE = "done"
+    RETRY = "retry"
+    FAILED = "failed"
+    SKIPPED = "skipped"  # not downloading, or another worker holds it
+
+
+# Runners
+
+
+class Runner:
+    """A held runner lease, and the generations the runner holds under it."""
+
+    def __init__(self, name: str, token: str) -> None:
+        self.name = name
+        self.token = token
+        self.lost = threading.Event()
+        self._rows: set[int] = set()
+        self._lock = threading.Lock()
+
+    def hold(self, pks: Iterable[int]) -> None:
+        with self._lock:
+            self._rows.update(pks)
+
+    def let_go(self, pks: Iterable[int]) -> None:
+        with self._lock:
+            self._rows.difference_update(pks)
+
+    def renew(self) -> None:
+        seconds = settings.RUNNER_LEASE
+        if not Lease.renew(self.name, self.token, seconds):
+            log.warning("Runner %s lost its lease; it stops after this batch", self.name)
+            self.lost.set()
+            return
+        with self._lock:
+            rows = list(self._rows)
+        if rows:
+            until = timezone.now() + timedelta(seconds=seconds)
+            Generation.objects.filter(pk__in=rows, lease_until__isnull=False).update(
+                lease_until=until
+            )
+
+
+@contextmanager
+def heartbeat(renew: Callable[[], None]) -> Iterator[None]:
+    """Call `renew` every RUNNER_LEASE / 3 seconds from a thread while the block runs."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        try:
+            while not stop.wait(settings.RUNNER_LEASE / 3):
+                renew()
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=beat, name="lease-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _lease_names(kind: str) -> list[str]:
+    return [f"{kind}:{i}" for i in range(max(1, settings.PIPELINE_RUNNERS))]
+
+
+@contextmanager
+def running(kind: str) -> Iterator[Runner | None]:
+    """Take a free lease of this kind (None if all are held) and keep it renewed."""
+    for name in _lease_names(kind):
+        if token := Lease.take(name, settings.RUNNER_LEASE):
+            break
+    else:
+        yield None
+        return
+    runner = Runner(name, token)
+    try:
+        with heartbeat(runner.renew):
+            yield runner
+    finally:
+        Lease.release(name, token)
+
+
+def wake(kind: str) -> bool:
+    """Send a runner's message unless all its leases are held or one was just sent."""
+    for name in _lease_names(kind):
+        if Lease.request(name, within=settings.RUNNER_LEASE):
+            async_task(RUNNERS[kind], task_name=kind)
+            return True
+    return False
 
 
 def wake_submission() -> None:
-    async_task("gallery.tasks.submit_queued", task_name="submit_queued")
+    """Called when generations are queued (a post, a retry, a resume)."""
+    wake("submit")
 
 
-def ensure_sweep() -> None:
-    if not ProviderAccount.get().sweep_is_running():
-        async_task("gallery.tasks.poll_sweep", task_name="poll_sweep")
-
-
-def has_active_work() -> bool:
-    """Whether the sweep has anything to do: tasks at the provider, downloads, queued work.
-
-    Queued work waiting out a 409, 429 or 500 counts; while submission is paused it does not,
-    since then only the reconcile's probe may submit.
-    """
-    if Generation.objects.in_flight().exists() or Generation.objects.downloading().exists():
-        return True
-    return not ProviderAccount.get().is_paused and Generation.objects.queued().exists()
+def _sleep(seconds: float, runner: Runner, deadline: float) -> None:
+    runner.lost.wait(max(0.0, min(seconds, deadline - time.monotonic())))
 
 
 # Submission
 
 
-def submit_queued() -> int:
-    """Submit queued generations while the provider has free slots. Returns how many went."""
-    client = provider.get_client()
-    submitted = 0
-    while (generation := Generation.objects.claim_next(timezone.now())) is not None:
-        outcome = submit(generation, client)
-        submitted += outcome == "submitted"
-        if outcome == "stop":
-            break
-    # The sweep submits the rest as slots free up, and retries after a 409/429/500 wait.
-    if has_active_work():
-        ensure_sweep()
-    return submitted
-
-
-def submit(generation: Generation, client: provider.ProviderClient) -> str:
-    """Send one claimed generation. Returns "submitted", "next" (go on) or "stop" (stop for now)."""
+def has_submission_work(now) -> bool:
+    """Queued work that may be sent soon; while paused, only when the next probe is due."""
     account = ProviderAccount.get()
+    if account.is_paused and account.probe_at and account.probe_at > now:
+        return False
+    soon = now + timedelta(seconds=2)
+    return (
+        Generation.objects.ready(soon).exists() or Generation.objects.stale_submitting(now).exists()
+    )
+
+
+def submit_queued() -> None:
+    """Send queued generations while slots are free, paced under the tier's create rate."""
+    with running("submit") as runner:
+        if runner is None:
+            return
+        client = provider.get_client()
+        deadline = time.monotonic() + settings.RUNNER_SECONDS
+        batch_size = max(1, round(settings.AIGPTIMAGE_CREATE_RATE))
+        with ThreadPoolExecutor(SUBMIT_THREADS, thread_name_prefix="submit") as pool:
+            while time.monotonic() < deadline and not runner.lost.is_set():
+                now = timezone.now()
+                batch = Generation.objects.claim_for_submission(now, batch_size)
+                if batch:
+                    runner.hold(g.pk for g, _ in batch)
+                    send_batch(batch, client, pool, runner)
+                    continue
+                if not has_submission_work(now):
+                    break
+                _sleep(_submit_pause(now), runner, deadline)
+    if has_submission_work(timezone.now()):
+        wake("submit")
+
+
+def _submit_pause(now) -> float:
+    """Until the create clock allows the next send, or a short while for a slot to free."""
+    account = ProviderAccount.get()
+    if account.create_not_before and account.create_not_before > now:
+        return min(1.0, (account.create_not_before - now).total_seconds())
+    return 0.1
+
+
+def send_batch(
+    batch: list[tuple[Generation, object]],
+    client: provider.ProviderClient,
+    pool: ThreadPoolExecutor,
+    runner: Runner | None = None,
+) -> list[SubmitOutcome]:
+    """Send each claimed generation at its reserved time; HTTP in threads, writes here."""
+    sent: list[tuple[Generation, Future]] = []
+    held = False
+    for generation, send_at in batch:
+        wait = (send_at - timezone.now()).total_seconds()
+        if wait > 0 and not held:
+            time.sleep(wait)
+        held = held or any(f.done() and _is_hold_error(f.result()) for _, f in sent)
+        if held:
+            generation.requeue()
+            continue
+        sent.append((generation, pool.submit(_create_task, client, generation)))
+    outcomes = []
+    for generation, future in sent:
+        outcomes.append(apply_submission(generation, future.result()))
+        if runner is not None:
+            runner.let_go([generation.pk])
+    if SubmitOutcome.ACCEPTED in outcomes:
+        # Polling starts as soon as the first task is accepted.
+        wake("poll")
+    return outcomes
+
+
+def _is_hold_error(result: str | Exception) -> bool:
+    return isinstance(
+        result,
+        provider.Conflict
+        | provider.RateLimited
+        | provider.Unauthorized
+        | provider.InsufficientCredits,
+    )
+
+
+def _create_task(client: provider.ProviderClient, generation: Generation) -> str | Exception:
     try:
-        task_id = client.create_task(
+        return client.create_task(
             generation.prompt,
             aspect_ratio=generation.aspect_ratio,
             resolution=generation.resolution,
             output_format=generation.output_format,
             request_id=str(generation.request_id),
         )
-    except provider.Conflict:
+    except Exception as e:  # every failure is an outcome, decided in apply_submission
+        return e
+    finally:
+        close_old_connections()
+
+
+def apply_submission(generation: Generation, result: str | Exception) -> SubmitOutcome:
+    """Record one createTask answer (a task id or the error it raised)."""
+    account = ProviderAccount.get()
+    if isinstance(result, str):
+        if account.is_paused:
+            account.resume()
+        generation.mark_submitted(result)
+        return SubmitOutcome.ACCEPTED
+    error = result
+    if isinstance(error, provider.Conflict):
         # The provider's active-task slots are full (perhaps by another client of the same
         # key). Not a failure: the generation waits its turn.
         generation.requeue()
         account.wait_before_create(settings.AIGPTIMAGE_CONFLICT_WAIT)
         log.info("createTask 409 for generation %s: slots full, kept queued", generation.pk)
-        return "stop"
-    except provider.RateLimited as e:
+        return SubmitOutcome.HOLD
+    if isinstance(error, provider.RateLimited):
         generation.requeue()
-        account.wait_before_create(e.retry_after)
-        log.info("createTask 429: waiting %.1f s as told", e.retry_after)
-        return "stop"
-    except (provider.Unauthorized, provider.InsufficientCredits) as e:
+        account.wait_before_create(error.retry_after)
+        log.info("createTask 429: waiting %.1f s as told", error.retry_after)
+        return SubmitOutcome.HOLD
+    if isinstance(error, provider.Unauthorized | provider.InsufficientCredits):
         generation.requeue()
-        account.pause(e)
-        return "stop"
-    except (provider.BadRequest, provider.ValidationFailed) as e:
-        generation.mark_failed(e.message, str(e.code))
-        return "next"
-    except provider.RETRYABLE_ERRORS as e:
-        attempt = generation.attempts + 1
-        if attempt >= settings.AIGPTIMAGE_RETRY_ATTEMPTS:
-            generation.mark_failed(
-                f"The image service kept failing ({e.message}). Nothing was charged twice; "
-                "retry when it is back.",
-                str(e.code or "error"),
-            )
-        else:
-            wait = backoff(attempt, settings.AIGPTIMAGE_RETRY_BASE)
-            generation.requeue(retry_in=wait, count_attempt=True)
-            log.warning("createTask failed for %s (%s); retry in %.1f s", generation.pk, e, wait)
-        return "next"
-    if account.is_paused:
-        account.resume()
-    generation.mark_submitted(task_id)
-    return "submitted"
+        account.pause(error)
+        return SubmitOutcome.HOLD
+    if isinstance(error, provider.BadRequest | provider.ValidationFailed):
+        generation.mark_failed(error.message, str(error.code))
+        return SubmitOutcome.FAILED
+    attempt = generation.submit_attempts + 1
+    if isinstance(error, provider.ProviderError):
+        message = (
+            f"The image service kept failing ({error.message}). Nothing was charged twice; "
+            "retry when it is back."
+        )
+        code = str(error.code or "error")
+        log.warning("createTask failed for %s (%s), try %d", generation.pk, error, attempt)
+    else:
+        message = (
+            "Something went wrong on our side while sending this request, so it was given "
+            "up. Nothing was charged twice; retry to try again."
+        )
+        code = "error"
+        log.error("createTask for %s raised", generation.pk, exc_info=error)
+    if attempt >= settings.AIGPTIMAGE_RETRY_ATTEMPTS:
+        generation.mark_failed(message, code)
+        return SubmitOutcome.FAILED
+    generation.requeue(
+        retry_in=backoff(attempt, settings.AIGPTIMAGE_RETRY_BASE), count_attempt=True
+    )
+    return SubmitOutcome.RETRY
 
 
 # Polling
 
 
-class PollBudget:
-    """At most `per_second` recordInfo calls in any one-second window, across rounds."""
-
-    def __init__(self, per_second: int) -> None:
-        self.per_second = per_second
-        self.sent: deque[float] = deque()
-
-    def available(self) -> int:
-        now = time.monotonic()
-        while self.sent and now - self.sent[0] >= 1.0:
-            self.sent.popleft()
-        return max(0, self.per_second - len(self.sent))
-
-    def spend(self, calls: int) -> None:
-        self.sent.extend([time.monotonic()] * calls)
-
-    def seconds_until_free(self) -> float:
-        if self.available():
-            return 0.0
-        return max(0.0, 1.0 - (time.monotonic() - self.sent[0]))
+def has_poll_work(now) -> bool:
+    """Tasks at the provider, or downloads to hand over within a few seconds."""
+    soon = now + timedelta(seconds=5)
+    return (
+        Generation.objects.polling().exists() or Generation.objects.due_for_download(soon).exists()
+    )
 
 
-def poll_sweep() -> None:
-    """Poll every due generation for up to SWEEP_SECONDS, then hand over to a fresh sweep."""
-    account = ProviderAccount.get()
-    # The lease outlives one round (whose HTTP calls may take up to the timeout) and is renewed
-    # every round, so a sweep killed mid-way holds up polling for a short while only.
-    lease = settings.AIGPTIMAGE_TIMEOUT + 15
-    token = account.take_sweep_lease(lease)
-    if token is None:
-        return
-    client = provider.get_client()
-    budget = PollBudget(settings.AIGPTIMAGE_POLL_BUDGET)
-    deadline = time.monotonic() + settings.SWEEP_SECONDS
-    try:
+def poll_due() -> None:
+    """Poll every generation whose poll is due, within the site's query budget."""
+    with running("poll") as runner:
+        if runner is None:
+            return
+        client = provider.get_client()
+        deadline = time.monotonic() + settings.RUNNER_SECONDS
+        batch_size = max(1, settings.AIGPTIMAGE_POLL_BUDGET // 2)
         with ThreadPoolExecutor(POLL_THREADS, thread_name_prefix="poll") as pool:
-            while time.monotonic() < deadline and account.renew_sweep_lease(token, lease):
-                sweep_once(client, pool, budget)
-                if not has_active_work():
+            while time.monotonic() < deadline and not runner.lost.is_set():
+                now = timezone.now()
+                fail_overdue(now)
+                batch = Generation.objects.claim_due_polls(now, batch_size)
+                if batch:
+                    runner.hold(g.pk for g in batch)
+                    records = pool.map(lambda g: _fetch_record(client, g.task_id), batch)
+                    for generation, record in zip(batch, records, strict=True):
+                        apply_poll(generation, record)
+                    runner.let_go(g.pk for g in batch)
+                hand_over_downloads(now)
+                if batch:
+                    continue
+                if not has_poll_work(now):
                     break
-                time.sleep(_pause_after_round(budget))
-    finally:
-        account.release_sweep_lease(token)
-    if has_active_work():
-        async_task("gallery.tasks.poll_sweep", task_name="poll_sweep")
+                _sleep(_poll_pause(now), runner, deadline)
+    if has_poll_work(timezone.now()):
+        wake("poll")
 
 
-def _pause_after_round(budget: PollBudget) -> float:
-    # Sleep until the next poll is due, or until the budget has room again, but never long, so
-    # that new work and freed slots are picked up quickly.
-    if wait := budget.seconds_until_free():
-        return wait
+def _poll_pause(now) -> float:
+    """Until the next poll is due or the budget has room, but never long, so that newly
+    accepted tasks and downloads to hand over are picked up quickly."""
+    waits = [1.0]
+    account = ProviderAccount.get()
+    if account.query_not_before and account.query_not_before > now:
+        waits.append((account.query_not_before - now).total_seconds())
     next_due = (
         Generation.objects.polling()
         .exclude(next_poll_at__isnull=True)
@@ -186,63 +371,39 @@ def _pause_after_round(budget: PollBudget) -> float:
         .values_list("next_poll_at", flat=True)
         .first()
     )
-    if next_due is None:
-        return 0.2
-    return min(1.0, max(0.02, (next_due - timezone.now()).total_seconds()))
+    if next_due is not None:
+        waits.append((next_due - now).total_seconds())
+    return max(0.01, min(waits))
 
 
-def sweep_once(
-    client: provider.ProviderClient, pool: ThreadPoolExecutor, budget: PollBudget
-) -> None:
-    """One round: polls within the budget, then downloads that are due, then submissions."""
-    now = timezone.now()
-    account = ProviderAccount.get()
-    if account.may_query(now) and (room := budget.available()):
-        due = list(Generation.objects.due_for_poll(now).order_by("next_poll_at")[:room])
-        overdue = [g for g in due if g.is_past_deadline(now)]
-        for generation in overdue:
-            generation.mark_failed(
-                "The image service took too long and the request was given up. Retry to try again.",
-                "timeout",
-            )
-        due = [g for g in due if g not in overdue]
-        budget.spend(len(due))
-        # Only the HTTP calls run in threads; every database write stays in this thread.
-        outcomes = pool.map(lambda g: _fetch_record(client, g.task_id), due)
-        for generation, outcome in zip(due, outcomes, strict=True):
-            if not apply_poll(generation, outcome, account):
-                break
-    for generation in Generation.objects.due_for_download(now)[:20]:
-        if generation.lease_download(settings.DOWNLOAD_DEADLINE + 30):
-            async_task("gallery.tasks.download_images", generation.pk, task_name="download")
-    if Generation.objects.ready(now).exists():
-        submit_queued()
+def fail_overdue(now) -> None:
+    cutoff = now - timedelta(seconds=settings.AIGPTIMAGE_TASK_DEADLINE)
+    for generation in Generation.objects.polling().unleased(now).filter(submitted_at__lt=cutoff):
+        generation.mark_failed(
+            "The image service took too long and the request was given up. Retry to try again.",
+            "timeout",
+        )
 
 
-def _fetch_record(
-    client: provider.ProviderClient, task_id: str
-) -> provider.TaskRecord | provider.ProviderError:
+def _fetch_record(client: provider.ProviderClient, task_id: str) -> provider.TaskRecord | Exception:
     try:
         return client.get_task(task_id)
-    except provider.ProviderError as e:
+    except Exception as e:  # every failure is an outcome, decided in apply_poll
         return e
 
 
-def apply_poll(
-    generation: Generation,
-    outcome: provider.TaskRecord | provider.ProviderError,
-    account: ProviderAccount,
-) -> bool:
-    """Apply one poll's outcome. Returns False when the round should stop polling."""
+def apply_poll(generation: Generation, outcome: provider.TaskRecord | Exception) -> PollOutcome:
+    """Apply one poll's outcome."""
     if isinstance(outcome, provider.TaskRecord):
         if outcome.succeeded:
-            if generation.mark_succeeded(outcome, settings.DOWNLOAD_DEADLINE + 30):
+            if generation.mark_succeeded(outcome):
                 async_task("gallery.tasks.download_images", generation.pk, task_name="download")
-        elif outcome.failed:
+            return PollOutcome.SUCCEEDED
+        if outcome.failed:
             generation.mark_provider_failed(outcome)
-        else:
-            generation.record_poll(outcome)
-        return True
+            return PollOutcome.FAILED
+        generation.record_poll(outcome)
+        return PollOutcome.PENDING
     error = outcome
     if isinstance(error, provider.TaskNotFound):
         generation.mark_failed(
@@ -250,114 +411,163 @@ def apply_poll(
             "Retry to make it again.",
             "404",
         )
-    elif isinstance(error, provider.RateLimited):
-        account.wait_before_query(error.retry_after)
+        return PollOutcome.FAILED
+    if isinstance(error, provider.RateLimited):
+        ProviderAccount.get().wait_before_query(error.retry_after)
         generation.record_poll_error(error.retry_after, count=False)
-        return False
-    elif isinstance(error, provider.Unauthorized | provider.InsufficientCredits):
-        account.pause(error)
+        return PollOutcome.HOLD
+    if isinstance(error, provider.Unauthorized | provider.InsufficientCredits):
+        ProviderAccount.get().pause(error)
         generation.record_poll_error(settings.AIGPTIMAGE_PAUSE_PROBE, count=False)
-        return False
-    elif isinstance(error, provider.RETRYABLE_ERRORS):
-        attempt = generation.poll_errors + 1
-        if attempt >= settings.AIGPTIMAGE_RETRY_ATTEMPTS:
-            generation.mark_failed(
-                f"The image service kept failing while we checked on this image ({error.message}).",
-                str(error.code or "error"),
-            )
-        else:
-            generation.record_poll_error(backoff(attempt, settings.AIGPTIMAGE_RETRY_BASE))
-    else:
+        return PollOutcome.HOLD
+    if isinstance(error, provider.BadRequest | provider.ValidationFailed):
         generation.mark_failed(error.message, str(error.code or "error"))
-    return True
+        return PollOutcome.FAILED
+    attempt = generation.poll_errors + 1
+    if isinstance(error, provider.ProviderError):
+        message = (
+            f"The image service kept failing while we checked on this image ({error.message})."
+        )
+        code = str(error.code or "error")
+    else:
+        message = "Something went wrong on our side while checking on this image."
+        code = "error"
+        log.error("Polling generation %s raised", generation.pk, exc_info=error)
+    if attempt >= settings.AIGPTIMAGE_RETRY_ATTEMPTS:
+        generation.mark_failed(message, code)
+        return PollOutcome.FAILED
+    generation.record_poll_error(backoff(attempt, settings.AIGPTIMAGE_RETRY_BASE))
+    return PollOutcome.RETRY
+
+
+def hand_over_downloads(now) -> int:
+    """Send a download task for each download past its backoff or left by a dead worker."""
+    handed = 0
+    due = Generation.objects.due_for_download(now).values_list("pk", flat=True)
+    for pk in list(due[:DOWNLOAD_HANDOVER_BATCH]):
+        # Compare-and-set, so that two runners never send the same download twice.
+        taken = (
+            Generation.objects.due_for_download(now)
+            .filter(pk=pk)
+            .update(retry_at=None, lease_until=None, updated_at=now)
+        )
+        if taken:
+            async_task("gallery.tasks.download_images", pk, task_name="download")
+            handed += 1
+    return handed
 
 
 # Downloading
 
 
-class DownloadError(Exception):
-    """A result could not be fetched this time; it may work on a later try."""
-
-
-class DownloadGone(DownloadError):
-    """The result URL answers that the file is gone (expired): trying again will not help."""
-
-
-def download_images(generation_id: int) -> None:
+def download_images(generation_id: int) -> DownloadOutcome:
+    """Fetch, check and store every result of one generation that is not stored yet."""
     generation = Generation.objects.downloading().filter(pk=generation_id).first()
-    if generation is None:
-        return
-    stored = set(generation.images.values_list("index", flat=True))
-    for index, url in enumerate(generation.result_urls):
-        if index in stored:
-            continue
+    if generation is None or not generation.claim_download(settings.RUNNER_LEASE):
+        return DownloadOutcome.SKIPPED
+    with heartbeat(lambda: generation.renew_lease(settings.RUNNER_LEASE)):
         try:
-            data = fetch_result(url)
-            store_image(generation, index, data)
-        except DownloadGone:
+            store_results(generation)
+        except provider.ResultGone:
             generation.mark_failed(
                 "The finished image expired at the image service before it could be saved. "
                 "Retry to make it again.",
                 "expired",
             )
-            return
-        except DownloadError as e:
-            attempt = generation.attempts + 1
-            if attempt >= settings.DOWNLOAD_ATTEMPTS:
-                generation.mark_failed(f"The finished image could not be saved: {e}", "download")
-            else:
-                generation.record_download_error(backoff(attempt, settings.AIGPTIMAGE_RETRY_BASE))
-                log.warning("Download for generation %s failed (%s); will retry", generation.pk, e)
-            return
+            return DownloadOutcome.FAILED
+        except provider.ResultRefused as e:
+            generation.mark_failed(f"{e.message} Retry to make it again.", "refused")
+            return DownloadOutcome.FAILED
+        except provider.ResultUnavailable as e:
+            return _retry_download(generation, e.message, unexpected=False)
+        except Exception:
+            log.exception("Download for generation %s raised", generation.pk)
+            return _retry_download(generation, "", unexpected=True)
     generation.mark_done()
+    return DownloadOutcome.DONE
 
 
-def fetch_result(url: str) -> bytes:
-    """Stream one result file with a size cap and an overall deadline."""
+def _retry_download(generation: Generation, reason: str, *, unexpected: bool) -> DownloadOutcome:
+    """Try again later. A file host that is down is waited out while the result URLs may
+    still be valid; an unexpected error fails the generation after DOWNLOAD_ATTEMPTS tries."""
+    attempt = generation.download_attempts + 1
+    now = timezone.now()
+    if unexpected and attempt >= settings.DOWNLOAD_ATTEMPTS:
+        generation.mark_failed(
+            "The finished image could not be saved because of an error on our side. "
+            "Retry to make it again.",
+            "download",
+        )
+        return DownloadOutcome.FAILED
+    if not generation.result_may_be_valid(now):
+        generation.mark_failed(
+            f"The finished image could not be fetched before it expired ({reason}). "
+            "Retry to make it again.",
+            "download",
+        )
+        return DownloadOutcome.FAILED
+    wait = backoff(attempt, settings.AIGPTIMAGE_RETRY_BASE, cap=settings.DOWNLOAD_RETRY_MAX)
+    generation.record_download_error(wait)
+    log.warning(
+        "Download for generation %s failed (%s); try %d again in %.1f s",
+        generation.pk,
+        reason or "error",
+        attempt,
+        wait,
+    )
+    return DownloadOutcome.RETRY
+
+
+def store_results(generation: Generation) -> None:
+    """Every result URL not stored yet, within one wall-clock deadline for all of them."""
     deadline = time.monotonic() + settings.DOWNLOAD_DEADLINE
-    try:
-        with requests.get(url, stream=True, timeout=(10, 30)) as response:
-            if response.status_code in (401, 403, 404, 410):
-                raise DownloadGone(f"HTTP {response.status_code}")
-            if response.status_code != 200:
-                raise DownloadError(f"the file server answered HTTP {response.status_code}")
-            declared = int(response.headers.get("Content-Length") or 0)
-            if declared > settings.DOWNLOAD_MAX_BYTES:
-                raise DownloadError("the file is larger than allowed")
-            buffer = io.BytesIO()
-            for chunk in response.iter_content(64 * 1024):
-                buffer.write(chunk)
-                if buffer.tell() > settings.DOWNLOAD_MAX_BYTES:
-                    raise DownloadError("the file is larger than allowed")
-                if time.monotonic() > deadline:
-                    raise DownloadError("the download took too long")
-            return buffer.getvalue()
-    except requests.RequestException as e:
-        raise DownloadError(f"the download broke off ({e.__class__.__name__})") from e
+    stored = set(generation.images.values_list("index", flat=True))
+    for index, url in enumerate(generation.result_urls[: settings.AIGPTIMAGE_MAX_RESULT_URLS]):
+        if index in stored:
+            continue
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise provider.ResultUnavailable("the download took too long")
+        with tempfile.TemporaryFile() as out:
+            provider.fetch_result(
+                url,
+                out,
+                allowed_hosts=settings.AIGPTIMAGE_RESULT_HOSTS_ALLOWED,
+                max_bytes=settings.DOWNLOAD_MAX_BYTES,
+                deadline=left,
+            )
+            store_image(generation, index, out)
 
 
-def store_image(generation: Generation, index: int, data: bytes) -> Image:
-    expected = EXPECTED_FORMATS[generation.output_format]
-    try:
-        with PILImage.open(io.BytesIO(data)) as probe:
-            probe.verify()
-        picture = PILImage.open(io.BytesIO(data))
-        picture.load()
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise DownloadError("the file is not a readable image") from e
-    if picture.format != expected:
-        raise DownloadError(f"the file is {picture.format}, not the {expected} that was asked for")
+def store_image(generation: Generation, index: int, data: File | object) -> Image:
+    """Check one downloaded file and store it with its thumbnail."""
+    data.seek(0)
+    result = provider.open_result_image(
+        data,
+        output_format=generation.output_format,
+        aspect_ratio=generation.aspect_ratio,
+        resolution=generation.resolution,
+        max_pixels=settings.IMAGE_MAX_PIXELS,
+    )
+    data.seek(0)
+    digest = hashlib.sha256()
+    size = 0
+    while chunk := data.read(1024 * 1024):
+        digest.update(chunk)
+        size += len(chunk)
     image = Image(
         generation=generation,
         index=index,
-        width=picture.width,
-        height=picture.height,
-        bytes=len(data),
-        format=picture.format,
-        sha256=hashlib.sha256(data).hexdigest(),
+        width=result.width,
+        height=result.height,
+        bytes=size,
+        format=result.format,
+        sha256=digest.hexdigest(),
     )
-    image.file.save(f"original.{image.extension}", ContentFile(data), save=False)
-    image.thumbnail.save("thumb.webp", ContentFile(make_thumbnail(picture)), save=False)
+    data.seek(0)
+    image.file.save(f"original.{image.extension}", File(data), save=False)
+    thumbnail = provider.make_thumbnail(result.picture, settings.THUMBNAIL_SIZE)
+    image.thumbnail.save("thumb.webp", ContentFile(thumbnail), save=False)
     try:
         image.save()
     except IntegrityError:
@@ -368,28 +578,47 @@ def store_image(generation: Generation, index: int, data: bytes) -> Image:
     return image
 
 
-def make_thumbnail(picture: PILImage.Image) -> bytes:
-    thumb = picture.convert("RGB")
-    thumb.thumbnail((settings.THUMBNAIL_SIZE, settings.THUMBNAIL_SIZE), PILImage.Resampling.LANCZOS)
-    out = io.BytesIO()
-    thumb.save(out, "WEBP", quality=80, method=4)
-    return out.getvalue()
-
-
 # Repair
 
 
-def reconcile() -> None:
-    """Scheduled every minute: move on anything stuck or dropped."""
+def reconcile(wait_for_leases: bool = False) -> None:
+    """Scheduled every minute, and sent when a worker starts: move on anything stuck.
+
+    With `wait_for_leases` (a worker has just started, perhaps after a crash), runner leases
+    that a dead runner still holds are waited out, so its work resumes within seconds.
+    """
     now = timezone.now()
     # A worker died between claiming and recording the answer. Sending again is safe: the
     # same X-Request-ID returns the task the provider may already have made.
-    for generation in Generation.objects.stuck_submitting(
-        now, 2 * settings.AIGPTIMAGE_TIMEOUT + 30
-    ):
-        generation.requeue()
+    Generation.objects.stale_submitting(now).update(
+        status=Generation.Status.QUEUED, lease_until=None, updated_at=now
+    )
     Generation.objects.polling().filter(next_poll_at__isnull=True).update(next_poll_at=now)
-    if Generation.objects.ready(now).exists():
-        submit_queued()
-    if has_active_work():
-        ensure_sweep()
+    # A download whose queue message was lost (a Redis broker that crashed).
+    Generation.objects.downloading().filter(
+        lease_until__isnull=True, retry_at__isnull=True, updated_at__lt=now - timedelta(minutes=1)
+    ).update(retry_at=now)
+    hand_over_downloads(now)
+    work = {"submit": has_submission_work(now), "poll": has_poll_work(now)}
+    for kind, needed in work.items():
+        if needed and not wake(kind) and wait_for_leases:
+            _wake_when_lapsed(kind)
+
+
+def _wake_when_lapsed(kind: str) -> None:
+    expiries = [Lease.expiry(name) for name in _lease_names(kind)]
+    now = timezone.now()
+    soonest = min((e for e in expiries if e is not None), default=now)
+    wait = (soonest - now).total_seconds()
+    if 0 < wait <= settings.RUNNER_LEASE:
+        time.sleep(wait + 0.1)
+        wake(kind)
+
+
+def on_worker_start(**kwargs) -> None:
+    """django-q2's post_spawn: a worker (re)started, maybe after a crash; repair at once."""
+    try:
+        if Lease.request("reconcile", within=settings.RUNNER_LEASE):
+            async_task("gallery.tasks.reconcile", True, task_name="reconcile")
+    finally:
+        close_old_connections()

@@ -68,7 +68,9 @@ def app_settings(request, settings, tmp_path):
     settings.AIGPTIMAGE_RETRY_BASE = 0.01
     settings.AIGPTIMAGE_CONFLICT_WAIT = 0.05
     settings.AIGPTIMAGE_PAUSE_PROBE = 0.3
-    settings.SWEEP_SECONDS = 0.5
+    settings.AIGPTIMAGE_CREATE_RATE = 50.0
+    settings.RUNNER_SECONDS = 0.5
+    settings.RUNNER_LEASE = 2.0
     if "simulator" in request.fixturenames:
         settings.AIGPTIMAGE_BASE_URL = request.getfixturevalue("simulator").base_url
         settings.AIGPTIMAGE_RESULT_HOSTS_ALLOWED = [settings.AIGPTIMAGE_BASE_URL.split("//")[1]]

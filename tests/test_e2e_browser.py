@@ -61,9 +61,10 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         "MEDIA_ROOT": str(tmp / "media"),
         "AIGPTIMAGE_BASE_URL": simulator.base_url,
         "AIGPTIMAGE_API_KEY": DEFAULT_API_KEY,
+        "AIGPTIMAGE_RESULT_HOSTS_ALLOWED": simulator.base_url.removeprefix("http://"),
         "AIGPTIMAGE_POLL_INTERVAL": "0.3",
         "AIGPTIMAGE_POLL_MAX_INTERVAL": "0.5",
-        "Q_WORKERS": "2",
+        "Q_WORKERS": "3",
         "DEBUG": "0",
         "SITE_URL": f"http://127.0.0.1:{port}",
     }

@@ -18,7 +18,7 @@ from django.utils import timezone
 from PIL import Image as PILImage
 
 from gallery import provider, tasks
-from gallery.models import Generation, Image, ProviderAccount
+from gallery.models import Generation, Image, Lease, ProviderAccount
 from tests.support import finished, run_queued_tasks
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -105,14 +105,20 @@ def test_it_fails_clearly_when_the_task_vanishes(alice, simulator):
     assert len(tasks_for(simulator, generation)) == 1
 
 
-def test_it_keeps_the_generation_queued_on_409_and_submits_later(alice, simulator):
+def test_it_keeps_the_generation_queued_on_409_and_submits_later(alice, simulator, settings):
+    settings.AIGPTIMAGE_CONFLICT_WAIT = 5.0  # longer than one runner's turn
     generation = generate(alice, "busy [sim:409=2]")
+    before = timezone.now()
     tasks.submit_queued()
     generation.refresh_from_db()
     assert generation.status == Generation.Status.QUEUED
     assert not generation.fail_message
-    assert ProviderAccount.get().create_not_before > timezone.now()
+    assert generation.submit_attempts == 0  # a 409 is no failure
+    assert (ProviderAccount.get().create_not_before - before).total_seconds() >= 4.9
+    assert calls_for(simulator, generation) == 1
 
+    settings.AIGPTIMAGE_CONFLICT_WAIT = 0.05
+    ProviderAccount.objects.update(create_not_before=None)
     run_queued_tasks(until=finished(generation))
     generation.refresh_from_db()
     assert generation.status == Generation.Status.DONE
@@ -127,7 +133,7 @@ def test_it_waits_as_told_on_429_and_never_counts_it(alice, simulator, settings)
     tasks.submit_queued()
     generation.refresh_from_db()
     assert generation.status == Generation.Status.QUEUED
-    assert generation.attempts == 0
+    assert generation.submit_attempts == 0
     wait_until = ProviderAccount.get().create_not_before
     assert wait_until is not None
     assert 0.9 <= (wait_until - before).total_seconds() <= 2  # the simulator says retryAfter 1
@@ -193,8 +199,10 @@ def test_it_survives_500s_while_polling(alice, simulator):
     ],
 )
 def test_it_pauses_all_submission_and_resumes_when_the_key_works(
-    alice, bob, client, simulator, break_key, reason, words
+    alice, bob, client, simulator, settings, break_key, reason, words
 ):
+    # Sends 0.5 s apart, so the first answer (the pause) arrives before a second could go.
+    settings.AIGPTIMAGE_CREATE_RATE = 2.0
     sim = simulator.simulator
     if break_key == "401":
         sim.config.api_keys = {"another-key": "basic"}
@@ -244,7 +252,7 @@ def test_it_fails_when_the_result_expired_before_download(alice, simulator):
     assert "expired" in generation.fail_message
 
 
-def test_it_retries_a_failed_download_without_generating_again(alice, simulator):
+def test_it_retries_a_failed_download_without_generating_again(alice, simulator, settings):
     generation = generate(alice, "saved on the second try")
     run_queued_tasks(until=lambda: Generation.objects.get(pk=generation.pk).images.exists())
     generation.refresh_from_db()
@@ -255,15 +263,23 @@ def test_it_retries_a_failed_download_without_generating_again(alice, simulator)
     Generation.objects.filter(pk=generation.pk).update(status=Generation.Status.DOWNLOADING)
     generation.refresh_from_db()
     good_urls = generation.result_urls
+    # An allowed file host where nothing listens: the connection is refused.
+    settings.AIGPTIMAGE_RESULT_HOSTS_ALLOWED = [
+        *settings.AIGPTIMAGE_RESULT_HOSTS_ALLOWED,
+        "127.0.0.1:9",
+    ]
     Generation.objects.filter(pk=generation.pk).update(
         result_urls=["http://127.0.0.1:9/refused.png"]
     )
-    tasks.download_images(generation.pk)
+    assert tasks.download_images(generation.pk) == tasks.DownloadOutcome.RETRY
     generation.refresh_from_db()
     assert generation.status == Generation.Status.DOWNLOADING
-    assert generation.attempts == 1
+    assert generation.download_attempts == 1
+    assert generation.retry_at > timezone.now()
 
-    Generation.objects.filter(pk=generation.pk).update(result_urls=good_urls, retry_at=None)
+    Generation.objects.filter(pk=generation.pk).update(
+        result_urls=good_urls, retry_at=timezone.now()
+    )
     tasks.reconcile()
     run_queued_tasks(until=finished(generation))
     generation.refresh_from_db()
@@ -272,13 +288,33 @@ def test_it_retries_a_failed_download_without_generating_again(alice, simulator)
     assert len(tasks_for(simulator, generation)) == 1
 
 
-def test_it_downloads_once_when_the_task_runs_twice(alice, simulator):
+def test_it_never_runs_one_download_twice_at_once(alice, simulator):
     generation = generate(alice, "twice")
     run_queued_tasks(until=lambda: Generation.objects.get(pk=generation.pk).status == "done")
+    generation.images.all().delete()
     Generation.objects.filter(pk=generation.pk).update(status=Generation.Status.DOWNLOADING)
-    tasks.download_images(generation.pk)
-    tasks.download_images(generation.pk)
+    with ThreadPoolExecutor(2) as pool:
+        outcomes = list(pool.map(tasks.download_images, [generation.pk] * 2))
+    assert sorted(o.value for o in outcomes) == ["done", "skipped"]
     assert Image.objects.filter(generation=generation).count() == 1
+
+
+def test_it_keeps_the_first_copy_when_a_second_run_stores_the_same_image(alice, simulator):
+    generation = generate(alice, "stored twice")
+    run_queued_tasks(until=finished(generation))
+    first = Image.objects.get(generation=generation)
+    data = io.BytesIO(first.file.read())
+    second = tasks.store_image(generation, first.index, data)
+    assert second.pk == first.pk
+    assert Image.objects.filter(generation=generation).count() == 1
+    # The losing copy's files were removed, not left behind in storage.
+    names = {first.file.name, first.thumbnail.name}
+    stored = {
+        f"{folder}/{alice.pk}/{name}"
+        for folder in ("images", "thumbs")
+        for name in default_storage.listdir(f"{folder}/{alice.pk}")[1]
+    }
+    assert stored == names
 
 
 def test_it_never_exceeds_the_active_task_limit(alice, bob, simulator, settings):
@@ -298,39 +334,76 @@ def test_it_never_exceeds_the_active_task_limit(alice, bob, simulator, settings)
     assert simulator.simulator.status()["answers"].get("409", 0) == 0
 
 
+def claimed(limit: int) -> list[Generation]:
+    return [g for g, _ in Generation.objects.claim_for_submission(timezone.now(), limit)]
+
+
 def test_it_shares_slots_fairly_between_users(alice, bob, settings, simulator):
     settings.AIGPTIMAGE_MAX_ACTIVE_TASKS = 2
     for i in range(4):
         Generation.objects.create(owner=alice, prompt=f"alice {i}")
     bobs = Generation.objects.create(owner=bob, prompt="bob's only one")
-    now = timezone.now()
-    first = Generation.objects.claim_next(now)
-    second = Generation.objects.claim_next(now)
+    first, second = claimed(5)
     assert first.owner == alice
     assert second == bobs
-    assert Generation.objects.claim_next(now) is None
+    assert claimed(5) == []
+
+
+def test_it_rotates_slots_that_do_not_divide_evenly(alice, bob, charlie, settings):
+    settings.AIGPTIMAGE_MAX_ACTIVE_TASKS = 5
+    settings.AIGPTIMAGE_CREATE_RATE = 1000.0
+    users = [alice, bob, charlie]
+    for user in users:
+        for i in range(10):
+            Generation.objects.create(owner=user, prompt=f"{user.username} {i}")
+    served = dict.fromkeys(users, 0)
+    for _ in range(3):
+        for generation in claimed(5):
+            served[generation.owner] += 1
+            generation.mark_submitted(f"task-{generation.pk}")
+        Generation.objects.in_flight().update(status=Generation.Status.DONE)
+    # 15 slots in three rounds of 5: whoever got one slot in a round goes first in the next.
+    assert list(served.values()) == [5, 5, 5]
+
+
+def test_it_paces_create_task_under_the_tier_rate(alice, settings):
+    settings.AIGPTIMAGE_CREATE_RATE = 4.0
+    for i in range(6):
+        Generation.objects.create(owner=alice, prompt=f"paced {i}")
+    first = Generation.objects.claim_for_submission(timezone.now(), 3)
+    second = Generation.objects.claim_for_submission(timezone.now(), 3)
+    assert second == []  # the clock is past the last reserved send time
+    times = [at for _, at in first]
+    gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:], strict=False)]
+    assert gaps == [0.25, 0.25]
 
 
 def test_it_never_claims_more_slots_from_parallel_workers(alice, settings, simulator):
     settings.AIGPTIMAGE_MAX_ACTIVE_TASKS = 2
+    settings.AIGPTIMAGE_CREATE_RATE = 1e6
     for i in range(10):
         Generation.objects.create(owner=alice, prompt=f"race {i}")
-    now = timezone.now()
+
+    def claim_for_a_while(_) -> int:
+        total, until = 0, time.monotonic() + 0.5
+        while time.monotonic() < until:
+            total += len(Generation.objects.claim_for_submission(timezone.now(), 1))
+        return total
+
     with ThreadPoolExecutor(6) as pool:
-        claimed = list(pool.map(lambda _: Generation.objects.claim_next(now), range(6)))
-    assert len([c for c in claimed if c is not None]) == 2
+        claims = list(pool.map(claim_for_a_while, range(6)))
+    assert sum(claims) == 2
     assert Generation.objects.in_flight().count() == 2
 
 
 def test_it_reconciles_a_submission_whose_worker_died(alice, simulator, settings):
     generation = Generation.objects.create(owner=alice, prompt="orphaned")
-    claimed = Generation.objects.claim_next(timezone.now())
-    assert claimed == generation
-    # The worker sent createTask and died before writing the answer down.
+    assert claimed(1) == [generation]
+    # The worker sent createTask and died before writing the answer down; its claim lapsed.
     client = provider.get_client()
     task_id = client.create_task(generation.prompt, request_id=str(generation.request_id))
     Generation.objects.filter(pk=generation.pk).update(
-        submitted_at=timezone.now() - timedelta(hours=1)
+        lease_until=timezone.now() - timedelta(seconds=1)
     )
     tasks.reconcile()
     run_queued_tasks(until=finished(generation))
@@ -340,13 +413,14 @@ def test_it_reconciles_a_submission_whose_worker_died(alice, simulator, settings
     assert tasks_for(simulator, generation) == [task_id]
 
 
-def test_it_restarts_a_dropped_sweep(alice, simulator):
-    generation = generate(alice, "sweep lost")
+def test_it_restarts_a_dropped_poll_runner(alice, simulator):
+    generation = generate(alice, "runner lost")
     tasks.submit_queued()
-    # The sweep's queue message is lost (Redis broker crash, say).
+    # The poll runner's queue message is lost (Redis broker crash, say), a while ago.
     from django_q.models import OrmQ
 
     OrmQ.objects.all().delete()
+    Lease.objects.update(requested_at=timezone.now() - timedelta(minutes=1))
     tasks.reconcile()
     assert OrmQ.objects.exists()
     run_queued_tasks(until=finished(generation))
@@ -354,29 +428,50 @@ def test_it_restarts_a_dropped_sweep(alice, simulator):
     assert generation.status == Generation.Status.DONE
 
 
-def test_it_runs_one_sweep_at_a_time(db):
-    account = ProviderAccount.get()
-    token = account.take_sweep_lease(30)
+def test_it_runs_one_runner_per_lease(db):
+    token = Lease.take("poll:0", 30)
     assert token
-    assert account.take_sweep_lease(30) is None
-    assert account.renew_sweep_lease(token, 30)
-    account.release_sweep_lease(token)
-    assert account.take_sweep_lease(30)
+    assert Lease.take("poll:0", 30) is None
+    assert Lease.renew("poll:0", token, 30)
+    Lease.release("poll:0", token)
+    assert Lease.take("poll:0", 30)
 
 
-def test_it_takes_over_from_a_sweep_that_died(alice, simulator):
-    account = ProviderAccount.get()
-    dead = account.take_sweep_lease(30)
+def test_it_sends_one_message_for_a_burst_of_wake_ups(db):
+    from django_q.models import OrmQ
+
+    for _ in range(5):
+        tasks.wake_submission()
+    assert OrmQ.objects.count() == 1
+
+
+def test_it_takes_over_from_a_runner_that_died(alice, simulator):
+    dead = Lease.take("poll:0", 30)
     generation = generate(alice, "after a crash")
     tasks.submit_queued()
-    tasks.poll_sweep()  # the lease is held: this sweep leaves at once
+    tasks.poll_due()  # the lease is held: this runner leaves at once
     assert Generation.objects.get(pk=generation.pk).poll_count == 0
 
-    ProviderAccount.objects.update(sweep_lease_until=timezone.now() - timedelta(seconds=1))
+    Lease.objects.filter(name="poll:0").update(expires_at=timezone.now() - timedelta(seconds=1))
     tasks.reconcile()
     run_queued_tasks(until=finished(generation))
     assert Generation.objects.get(pk=generation.pk).status == Generation.Status.DONE
-    assert not account.renew_sweep_lease(dead, 30)  # the dead sweep could not carry on
+    assert not Lease.renew("poll:0", dead, 30)  # the dead runner could not carry on
+
+
+def test_it_resumes_a_killed_runner_when_a_worker_starts(alice, simulator, settings):
+    settings.RUNNER_LEASE = 0.6
+    generation = generate(alice, "killed mid-way")
+    tasks.submit_queued()
+    Lease.take("poll:0", settings.RUNNER_LEASE)  # held by a runner that was just SIGKILLed
+    from django_q.models import OrmQ
+
+    OrmQ.objects.all().delete()
+    started = time.monotonic()
+    tasks.on_worker_start()
+    run_queued_tasks(until=finished(generation))
+    assert Generation.objects.get(pk=generation.pk).status == Generation.Status.DONE
+    assert time.monotonic() - started < 5
 
 
 def test_it_fails_a_task_past_its_deadline(alice, simulator, settings):

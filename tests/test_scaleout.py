@@ -87,11 +87,12 @@ def test_it_shares_the_slots_across_two_worker_clusters(scaleout_database, tmp_p
         "MEDIA_ROOT": str(tmp_path / "media"),
         "AIGPTIMAGE_BASE_URL": simulator.base_url,
         "AIGPTIMAGE_API_KEY": DEFAULT_API_KEY,
+        "AIGPTIMAGE_RESULT_HOSTS_ALLOWED": simulator.base_url.removeprefix("http://"),
         "AIGPTIMAGE_MAX_ACTIVE_TASKS": "5",
         "AIGPTIMAGE_POLL_INTERVAL": "0.1",
         "AIGPTIMAGE_POLL_MAX_INTERVAL": "0.3",
         "AIGPTIMAGE_CONFLICT_WAIT": "0.2",
-        "SWEEP_SECONDS": "3",
+        "RUNNER_SECONDS": "3",
         "Q_WORKERS": "2",
     }
     simulator.simulator.config.api_keys = {DEFAULT_API_KEY: "basic"}
