@@ -40,8 +40,13 @@ class HostileServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
 
-    def __init__(self, files: dict[str, tuple[str, bytes]], context: ssl.SSLContext | None = None):
-        super().__init__(("127.0.0.1", 0), HostileHandler)
+    def __init__(
+        self,
+        files: dict[str, tuple[str, bytes]],
+        context: ssl.SSLContext | None = None,
+        port: int = 0,
+    ):
+        super().__init__(("127.0.0.1", port), HostileHandler)
         self.files = files
         self.context = context
         self.connections: list[tuple[str, int]] = []
