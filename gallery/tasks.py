@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.core.files.base import ContentFile, File
@@ -212,42 +212,45 @@ def _submit_pause(now) -> float:
 
 
 def send_batch(
-    batch: list[tuple[Generation, object]],
+    batch: list[tuple[Generation, datetime]],
     client: provider.ProviderClient,
     pool: ThreadPoolExecutor,
     runner: Runner | None = None,
 ) -> list[SubmitOutcome]:
-    """Send each claimed generation at its reserved time; HTTP in threads, writes here."""
-    sent: list[tuple[Generation, Future]] = []
-    held = False
+    """Send each claimed generation at its reserved time, HTTP in threads; record each answer
+    here as it comes, between sends. After a 409, 429 or pause, the rest go back unsent."""
+    pending: list[tuple[Generation, Future]] = []
+    outcomes: list[SubmitOutcome] = []
+    woken = False
+
+    def record(block: bool) -> None:
+        nonlocal woken
+        for item in [p for p in pending if block or p[1].done()]:
+            generation, future = item
+            pending.remove(item)
+            outcomes.append(apply_submission(generation, future.result()))
+            if runner is not None:
+                runner.let_go([generation.pk])
+            if outcomes[-1] is SubmitOutcome.ACCEPTED and not woken:
+                # Polling starts as soon as the first task is accepted.
+                wake("poll")
+                woken = True
+
     for generation, send_at in batch:
-        wait = (send_at - timezone.now()).total_seconds()
-        if wait > 0 and not held:
-            time.sleep(wait)
-        held = held or any(f.done() and _is_hold_error(f.result()) for _, f in sent)
-        if held:
+        while True:
+            record(block=False)
+            wait = (send_at - timezone.now()).total_seconds()
+            if wait <= 0 or SubmitOutcome.HOLD in outcomes:
+                break
+            time.sleep(min(wait, 0.005) if pending else wait)
+        if SubmitOutcome.HOLD in outcomes:
             generation.requeue()
+            if runner is not None:
+                runner.let_go([generation.pk])
             continue
-        sent.append((generation, pool.submit(_create_task, client, generation)))
-    outcomes = []
-    for generation, future in sent:
-        outcomes.append(apply_submission(generation, future.result()))
-        if runner is not None:
-            runner.let_go([generation.pk])
-    if SubmitOutcome.ACCEPTED in outcomes:
-        # Polling starts as soon as the first task is accepted.
-        wake("poll")
+        pending.append((generation, pool.submit(_create_task, client, generation)))
+    record(block=True)
     return outcomes
-
-
-def _is_hold_error(result: str | Exception) -> bool:
-    return isinstance(
-        result,
-        provider.Conflict
-        | provider.RateLimited
-        | provider.Unauthorized
-        | provider.InsufficientCredits,
-    )
 
 
 def _create_task(client: provider.ProviderClient, generation: Generation) -> str | Exception:
