@@ -24,7 +24,7 @@ if [ -z "${AIGPTIMAGE_API_KEY:-}" ]; then
   export SIMULATOR_SPEED=${SIMULATOR_SPEED:-0.5}
   export AIGPTIMAGE_API_KEY=sim-key
   export AIGPTIMAGE_BASE_URL="http://127.0.0.1:${SIM_PORT}"
-  $PY manage.py simulator --host 127.0.0.1 --port "$SIM_PORT" &
+  $PY -m simulator --host 127.0.0.1 --port "$SIM_PORT" &
   servers+=($!)
   echo "No AIGPTIMAGE_API_KEY set: images come from the provider simulator at ${AIGPTIMAGE_BASE_URL}"
 else

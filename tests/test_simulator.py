@@ -14,11 +14,11 @@ import pytest
 import requests
 from PIL import Image, ImageChops, ImageStat
 
-from gallery import simulator as simulator_module
-from gallery.simulator import (
+from simulator import (
     ASPECT_RATIOS,
     DEFAULT_API_KEY,
     MODEL,
+    TIERS,
     SimulatorConfig,
     SimulatorServer,
     Tier,
@@ -307,7 +307,7 @@ def test_it_rate_limits_queries_of_a_basic_key_at_20_a_second(api):
 
 
 def test_it_rate_limits_over_the_60_second_window(api, monkeypatch):
-    monkeypatch.setitem(simulator_module.TIERS, "basic", Tier(100, 3, 100, 1000, 30))
+    monkeypatch.setitem(TIERS, "basic", Tier(100, 3, 100, 1000, 30))
     for _ in range(3):
         api.create_task()
     response = api.create()

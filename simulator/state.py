@@ -1,62 +1,44 @@
-"""A faithful, offline stand-in for the Nano Banana 2 text-to-image jobs API.
+"""The provider's state and rules, independent of HTTP: tasks, limits, de-duplication, counters.
 
-A real threaded HTTP server on loopback that speaks /work/shared/provider-contract.md exactly:
-Bearer keys, validation, the state walk, X-Request-ID de-duplication, per-tier rate and
-active-task limits, credits, signed result URLs that expire, and real PNG/JPEG images of the
-documented size. Faults are switched on for the whole server by `SimulatorConfig` or for one
-task by markers in its prompt (`[sim:fail]`, `[sim:500=2]`…). docs/simulator.md is the reference.
-
-It deliberately imports nothing from Django or from the app's provider client: it is the other
-side of the contract, so a drift between the two shows up as a failing test instead of hiding.
+`Simulator.handle` takes a `Request` and gives a `Reply`; `simulator.server` puts it on the wire.
+It speaks docs/provider-contract.md: Bearer keys, validation, the state walk, X-Request-ID
+de-duplication, per-tier rate and active-task limits, credits, and signed result URLs that expire.
 """
 
 from __future__ import annotations
 
-import colorsys
-import contextlib
 import email.utils
-import functools
 import hashlib
 import hmac
-import io
 import json
 import math
-import os
 import random
-import re
 import secrets
-import socket
-import socketserver
-import sys
 import threading
 import time
-import traceback
 import uuid
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from simulator.config import (
+    RESOLUTIONS,
+    TIERS,
+    SimulatorConfig,
+    parse_markers,
+)
+from simulator.images import (
+    ASPECT_RATIOS,
+    IMAGE_CACHE_BYTES,
+    ImageCache,
+    image_size,
+    render_image,
+)
 
-DEFAULT_API_KEY = "sim-key"
 MODEL = "nano-banana-2-text-to-image"
 PROMPT_MAX_LENGTH = 20_000
 OUTPUT_FORMATS = ("png", "jpg")
-RESOLUTIONS = ("1K", "2K", "4K")
-ASPECT_RATIOS = (
-    "auto", "1:1", "1:4", "1:8", "2:3", "3:2", "3:4", "4:1",
-    "4:3", "4:5", "5:4", "8:1", "9:16", "16:9", "21:9",
-)  # fmt: skip
-SIZES_1K = {
-    "1:1": (1024, 1024), "2:3": (848, 1264), "3:2": (1264, 848), "3:4": (896, 1200),
-    "4:3": (1200, 896), "4:5": (928, 1152), "5:4": (1152, 928), "9:16": (768, 1376),
-    "16:9": (1376, 768), "21:9": (1584, 672), "1:4": (512, 2048), "4:1": (2048, 512),
-    "1:8": (384, 3072), "8:1": (3072, 384),
-}  # fmt: skip
-RESOLUTION_SCALE = {"1K": 1, "2K": 2, "4K": 4}
 CREDIT_COST = {"1K": 1, "2K": 2, "4K": 4}
 
 # Seconds per state at speed 1.0, from the contract's "about 10-20 s at 1K, 30-40 s at 2K…".
@@ -67,9 +49,7 @@ JITTER = 0.1
 
 PENDING_STATES = ("waiting", "queuing", "generating")
 STATES = (*PENDING_STATES, "success", "fail")
-TIER_NAMES = ("free", "basic", "standard", "pro")
 
-MARKER_RE = re.compile(r"\[sim:([a-z0-9-]+)(?:=([^\]\s]*))?\]", re.IGNORECASE)
 # Markers that make createTask answer an error code, checked in this order; each takes an
 # optional `=N` (only the first N calls) and otherwise applies to every call.
 CREATE_ERROR_MARKERS = (
@@ -91,115 +71,10 @@ CREATE_ERROR_MESSAGES = {
 CONTENT_POLICY_MESSAGE = (
     "The prompt or the generated image was flagged by the content policy. Please revise it."
 )
-MAX_BODY_BYTES = 1_000_000
-# The drawing is made at about this many pixels, then upscaled: a 4K image stays quick.
-DRAW_PIXELS = 262_144
-IMAGE_CACHE_BYTES = 256 * 1024 * 1024
 BROKEN_PAGE = (
     b"<html><head><title>502 Bad Gateway</title></head><body>"
     b"<center><h1>502 Bad Gateway</h1></center><hr><center>nginx</center></body></html>\n"
 )
-
-
-@dataclass(frozen=True)
-class Tier:
-    create_per_second: int
-    create_per_minute: int
-    query_per_second: int
-    query_per_minute: int
-    active_tasks: int
-
-    def limits(self, kind: str) -> tuple[tuple[int, int], ...]:
-        """(window seconds, allowed calls) for "create" or "query", widest window first."""
-        if kind == "create":
-            return ((60, self.create_per_minute), (1, self.create_per_second))
-        return ((60, self.query_per_minute), (1, self.query_per_second))
-
-
-TIERS = {
-    "free": Tier(1, 10, 2, 60, 1),
-    "basic": Tier(5, 180, 20, 1000, 5),
-    "standard": Tier(10, 600, 50, 3000, 15),
-    "pro": Tier(20, 1200, 100, 6000, 30),
-}
-
-
-def parse_api_keys(text: str) -> dict[str, str]:
-    """`"sim-key:basic,other:free"` -> {"sim-key": "basic", "other": "free"}; the tier defaults
-    to basic."""
-    keys: dict[str, str] = {}
-    for item in text.split(","):
-        key, _, tier = item.strip().partition(":")
-        if key.strip():
-            keys[key.strip()] = tier.strip().lower() or "basic"
-    return keys
-
-
-def _env_bool(value: str) -> bool:
-    return value.strip().lower() in ("1", "true", "yes", "on")
-
-
-@dataclass
-class SimulatorConfig:
-    api_keys: dict[str, str] = field(default_factory=lambda: {DEFAULT_API_KEY: "basic"})
-    speed: float = 1.0
-    credits: int | None = None
-    fail_rate: float = 0.0
-    error_rate: float = 0.0
-    slow_seconds: float = 0.0
-    result_ttl: float = 86400.0
-    message_key: str = "msg"
-    empty_fail_code: bool = False
-    seed: int | None = None
-    verbose: bool = False
-
-    def __post_init__(self) -> None:
-        unknown = {tier for tier in self.api_keys.values() if tier not in TIERS}
-        if unknown:
-            raise ValueError(f"unknown tier {sorted(unknown)}; use one of {', '.join(TIERS)}")
-        if self.speed <= 0:
-            raise ValueError("speed must be greater than 0")
-        if not (0 <= self.fail_rate <= 1 and 0 <= self.error_rate <= 1):
-            raise ValueError("fail_rate and error_rate must be between 0 and 1")
-        if self.message_key not in ("msg", "message"):
-            raise ValueError('message_key must be "msg" or "message"')
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> SimulatorConfig:
-        config: dict[str, Any] = {}
-        readers: dict[str, tuple[str, Any]] = {
-            "SIMULATOR_API_KEYS": ("api_keys", parse_api_keys),
-            "SIMULATOR_SPEED": ("speed", float),
-            "SIMULATOR_CREDITS": ("credits", int),
-            "SIMULATOR_FAIL_RATE": ("fail_rate", float),
-            "SIMULATOR_ERROR_RATE": ("error_rate", float),
-            "SIMULATOR_SLOW_SECONDS": ("slow_seconds", float),
-            "SIMULATOR_RESULT_TTL": ("result_ttl", float),
-            "SIMULATOR_MESSAGE_KEY": ("message_key", str.strip),
-            "SIMULATOR_EMPTY_FAIL_CODE": ("empty_fail_code", _env_bool),
-            "SIMULATOR_SEED": ("seed", int),
-            "SIMULATOR_VERBOSE": ("verbose", _env_bool),
-        }
-        for name, (attribute, read) in readers.items():
-            value = environ.get(name, "")
-            if value.strip():
-                try:
-                    config[attribute] = read(value)
-                except ValueError as e:
-                    raise ValueError(f"{name}={value!r} is not valid: {e}") from e
-        return cls(**config)
-
-
-def image_size(aspect_ratio: str, resolution: str) -> tuple[int, int]:
-    """The documented (width, height) of an image; `auto` is 1:1 for text-to-image."""
-    width, height = SIZES_1K["1:1" if aspect_ratio == "auto" else aspect_ratio]
-    scale = RESOLUTION_SCALE[resolution]
-    return width * scale, height * scale
-
-
-def parse_markers(prompt: str) -> dict[str, str | None]:
-    """`[sim:NAME]` and `[sim:NAME=VALUE]` anywhere in the prompt, names case-insensitive."""
-    return {m.group(1).lower(): m.group(2) for m in MARKER_RE.finditer(prompt)}
 
 
 def _marker_count(value: str | None) -> float:
@@ -277,38 +152,6 @@ class _Task:
         return min(8, max(1, int(value))) if value and value.isdigit() else 2
 
 
-class _ImageCache:
-    """A small LRU of encoded images, bounded in bytes, so repeated downloads cost nothing."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[tuple[str, int], bytes] = OrderedDict()
-        self._size = 0
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple[str, int]) -> bytes | None:
-        with self._lock:
-            data = self._items.get(key)
-            if data is not None:
-                self._items.move_to_end(key)
-            return data
-
-    def put(self, key: tuple[str, int], data: bytes) -> None:
-        with self._lock:
-            if key in self._items or len(data) > self.max_bytes:
-                return
-            self._items[key] = data
-            self._size += len(data)
-            while self._size > self.max_bytes:
-                _, dropped = self._items.popitem(last=False)
-                self._size -= len(dropped)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-            self._size = 0
-
-
 class Simulator:
     """The provider's state and logic, independent of HTTP. Thread-safe behind one lock."""
 
@@ -320,7 +163,7 @@ class Simulator:
         self._random = random.Random(config.seed)
         # Result URLs are signed with a per-process secret, so they cannot be guessed.
         self._secret = secrets.token_bytes(32)
-        self._images = _ImageCache(IMAGE_CACHE_BYTES)
+        self._images = ImageCache(IMAGE_CACHE_BYTES)
         self._clear()
 
     def _clear(self) -> None:
@@ -739,246 +582,3 @@ class Simulator:
 
 def _dumps(payload: Any) -> bytes:
     return json.dumps(payload, ensure_ascii=False).encode()
-
-
-# Images --------------------------------------------------------------------------------------
-
-
-def _colour(hue: float, lightness: float, saturation: float) -> tuple[int, int, int]:
-    red, green, blue = colorsys.hls_to_rgb(hue % 1.0, lightness, saturation)
-    return round(red * 255), round(green * 255), round(blue * 255)
-
-
-@functools.lru_cache(maxsize=64)
-def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    # Pillow's bundled font: no system font needed, scalable when FreeType is there.
-    return ImageFont.load_default(size=size)
-
-
-def _caption_lines(draw: ImageDraw.ImageDraw, text: str, font: Any, max_width: float) -> list[str]:
-    lines: list[str] = []
-    for word in text.split():
-        if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= max_width:
-            lines[-1] = f"{lines[-1]} {word}"
-        elif len(lines) == 3:
-            break
-        else:
-            lines.append(word)
-    return lines
-
-
-def render_image(
-    prompt: str, width: int, height: int, output_format: str, *, variant: str = ""
-) -> bytes:
-    """A colourful picture of exactly width x height, derived from a hash of the prompt.
-
-    The palette comes from the prompt alone and the shapes from the prompt and `variant` (the
-    task and result index), so that, as with a real model, two runs of one prompt look related
-    but are not the same picture.
-
-    Drawn at about DRAW_PIXELS and upscaled with a cheap filter, then encoded with fast
-    settings, so a 4K image takes a fraction of a second.
-    """
-    palette = random.Random(hashlib.sha256(prompt.encode()).digest())
-    rng = random.Random(hashlib.sha256(f"{variant}\0{prompt}".encode()).digest())
-    scale = max(1.0, math.sqrt(width * height / DRAW_PIXELS))
-    w, h = max(1, round(width / scale)), max(1, round(height / scale))
-
-    hue = palette.random()
-    gradient = palette.choice(
-        (
-            Image.linear_gradient("L"),
-            Image.linear_gradient("L").transpose(Image.Transpose.ROTATE_90),
-            Image.radial_gradient("L"),
-        )
-    )
-    canvas = ImageOps.colorize(
-        gradient.resize((w, h)),
-        _colour(hue, 0.75, 0.9),
-        _colour(hue + palette.uniform(0.25, 0.6), 0.3, 0.85),
-    )
-    draw = ImageDraw.Draw(canvas, "RGBA")
-    unit = min(w, h)
-    # Long, narrow images get more shapes, so that their far ends are not bare.
-    for _ in range(rng.randint(7, 12) + round(2 * max(w, h) / unit)):
-        shape_hue = hue + palette.uniform(-0.2, 0.2) + rng.choice((0.0, 0.33, 0.5))
-        fill = (*_colour(shape_hue, rng.uniform(0.4, 0.7), 0.9), rng.randint(120, 220))
-        x, y = rng.uniform(0, w), rng.uniform(0, h)
-        r = unit * rng.uniform(0.08, 0.35)
-        shape = rng.choice(("circle", "square", "triangle", "ring"))
-        if shape == "circle":
-            draw.ellipse((x - r, y - r, x + r, y + r), fill=fill)
-        elif shape == "square":
-            draw.rounded_rectangle((x - r, y - r, x + r, y + r), radius=r / 4, fill=fill)
-        elif shape == "triangle":
-            draw.regular_polygon((x, y, r), 3, rotation=rng.uniform(0, 120), fill=fill)
-        else:
-            draw.ellipse((x - r, y - r, x + r, y + r), outline=fill, width=max(2, round(r / 5)))
-
-    text = "".join(ch for ch in MARKER_RE.sub(" ", prompt) if ch.isprintable())
-    font_size = max(10, unit // 11)
-    font = _font(font_size)
-    lines = _caption_lines(draw, text, font, w * 0.84)
-    if lines:
-        line_height = round(font_size * 1.25)
-        box_height = line_height * len(lines) + font_size
-        top = round(h * 0.72 - box_height / 2)
-        draw.rounded_rectangle(
-            (w * 0.05, top, w * 0.95, top + box_height), radius=font_size / 2, fill=(0, 0, 0, 150)
-        )
-        for i, line in enumerate(lines):
-            y = top + font_size / 2 + i * line_height
-            draw.text((w * 0.08, y), line, font=font, fill=(255, 255, 255, 255))
-
-    if (w, h) != (width, height):
-        canvas = canvas.resize((width, height), Image.Resampling.BILINEAR)
-    buffer = io.BytesIO()
-    if output_format == "jpg":
-        canvas.save(buffer, "JPEG", quality=85)
-    else:
-        canvas.save(buffer, "PNG", compress_level=1)
-    return buffer.getvalue()
-
-
-# HTTP ----------------------------------------------------------------------------------------
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: SimulatorServer
-    protocol_version = "HTTP/1.1"  # keep-alive, as the app's pooled client expects
-    # Headers and body go out in two writes; with Nagle on, a delayed ACK costs 40 ms each.
-    disable_nagle_algorithm = True
-    timeout = 120  # an idle keep-alive connection is dropped after this
-
-    def version_string(self) -> str:
-        # What the real service's front answers; the client has no business knowing otherwise.
-        return "nginx"
-
-    def do_GET(self) -> None:
-        self._dispatch()
-
-    def do_POST(self) -> None:
-        self._dispatch()
-
-    def do_PUT(self) -> None:
-        self._dispatch()
-
-    def do_PATCH(self) -> None:
-        self._dispatch()
-
-    def do_DELETE(self) -> None:
-        self._dispatch()
-
-    def _dispatch(self) -> None:
-        simulator = self.server.simulator
-        try:
-            reply = self._read_and_handle(simulator)
-        except Exception:
-            # A bug in the simulator must show, but never kill the connection's thread.
-            traceback.print_exc()
-            self.close_connection = True
-            reply = simulator.internal_error()
-        if reply.delay > 0:
-            time.sleep(reply.delay)
-        try:
-            self.send_response(reply.status)
-            self.send_header("Content-Type", reply.content_type)
-            self.send_header("Content-Length", str(len(reply.body)))
-            for name, value in reply.headers.items():
-                self.send_header(name, value)
-            if self.close_connection:
-                self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(reply.body)
-        except OSError:
-            # The client went away (a timeout on its side, or the server shutting down).
-            self.close_connection = True
-
-    def _read_and_handle(self, simulator: Simulator) -> Reply:
-        url = urlsplit(self.path)
-        length_header = self.headers.get("Content-Length")
-        if length_header is None and self.headers.get("Transfer-Encoding"):
-            self.close_connection = True
-            return simulator.error(411, "Content-Length is required")
-        try:
-            length = int(length_header or 0)
-        except ValueError:
-            length = -1
-        if not 0 <= length <= MAX_BODY_BYTES:
-            # The unread body would be taken for the next request: close instead.
-            self.close_connection = True
-            return simulator.error(413, "request body is too large")
-        body = self.rfile.read(length) if length else b""
-        request = Request(self.command, url.path, parse_qs(url.query), self.headers, body)
-        return simulator.handle(request)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        if self.server.simulator.config.verbose:
-            sys.stderr.write(f"simulator {self.address_string()} {format % args}\n")
-
-
-class SimulatorServer(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128  # bursts of concurrent clients must not see refused connections
-
-    def __init__(self, address: tuple[str, int], simulator: Simulator) -> None:
-        self.simulator = simulator
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
-        super().__init__(address, _Handler)
-        host, port = self.server_address[:2]
-        shown = "127.0.0.1" if host in ("", "0.0.0.0") else host
-        self.base_url = simulator.base_url = f"http://{shown}:{port}"
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind looks up the host's FQDN, which can stall without a network.
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name = str(host)
-        self.server_port = port
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client hanging up mid-request is ordinary; anything else is a bug worth a traceback.
-        if self.simulator.config.verbose or not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self._connections_lock:
-            self._connections.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._connections_lock:
-            self._connections.discard(request)
-        super().shutdown_request(request)
-
-    def server_close(self) -> None:
-        """Stop listening and drop idle keep-alive connections, so no handler thread lingers."""
-        super().server_close()
-        with self._connections_lock:
-            connections = list(self._connections)
-        for connection in connections:
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
-
-
-def make_server(
-    config: SimulatorConfig, host: str = "127.0.0.1", port: int = 8765
-) -> SimulatorServer:
-    """A bound server, not yet serving; port 0 picks a free port (see `.base_url`)."""
-    return SimulatorServer((host, port), Simulator(config))
-
-
-def start_in_thread(
-    config: SimulatorConfig, host: str = "127.0.0.1", port: int = 0
-) -> SimulatorServer:
-    """Serve in a daemon thread. The caller stops it with shutdown() then server_close()."""
-    server = make_server(config, host, port)
-    thread = threading.Thread(
-        target=server.serve_forever,
-        kwargs={"poll_interval": 0.05},
-        name=f"simulator-{server.server_port}",
-        daemon=True,
-    )
-    thread.start()
-    return server

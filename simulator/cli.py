@@ -1,0 +1,111 @@
+"""The command line: `python -m simulator [options]` serves the simulator until Ctrl-C or SIGTERM.
+
+Options win over the SIMULATOR_* environment variables, which win over the defaults; see
+docs/simulator.md. `manage.py simulator` (development only) calls the same `main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from simulator.config import SimulatorConfig, parse_api_keys
+from simulator.server import make_server
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
+
+
+def _option(read: Callable[[str], Any]) -> Callable[[str], Any]:
+    """`read` as an argparse type, so that its ValueError message reaches the user."""
+
+    def parse(text: str) -> Any:
+        try:
+            return read(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from e
+
+    return parse
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog or "python -m simulator",
+        description="Serve the Nano Banana 2 provider simulator on loopback until interrupted.",
+        epilog="Options win over the SIMULATOR_* environment variables, which win over the "
+        "defaults; see docs/simulator.md.",
+    )
+    add = parser.add_argument
+    add("--host", help=f"address to bind (SIMULATOR_HOST, {DEFAULT_HOST})")
+    add("--port", type=int, help=f"port to bind (SIMULATOR_PORT, {DEFAULT_PORT})")
+    add(
+        "--api-keys",
+        type=_option(parse_api_keys),
+        help='accepted keys and tiers, e.g. "sim-key:basic,other:free"',
+    )
+    add("--speed", type=float, help="multiplies every task duration")
+    add("--credits", type=int, help="credit balance (default: unlimited)")
+    add("--fail-rate", type=float, help="fraction of tasks ending in fail")
+    add("--error-rate", type=float, help="fraction of API answers that are 500")
+    add("--slow-seconds", type=float, help="delay before every API answer")
+    add("--result-ttl", type=float, help="seconds a result URL stays valid")
+    add("--message-key", choices=("msg", "message"), help="envelope key for the message")
+    add(
+        "--empty-fail-code",
+        action="store_const",
+        const=True,
+        help='send failCode/failMsg as "" instead of null on success',
+    )
+    add("--seed", type=int, help="seed for every random draw (durations, rates)")
+    add("-v", "--verbose", action="store_const", const=True, help="one line per request on stderr")
+    return parser
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
+    parser = build_parser(prog)
+    options = vars(parser.parse_args(argv))
+    host = options.pop("host") or os.environ.get("SIMULATOR_HOST", "").strip() or DEFAULT_HOST
+    port = options.pop("port")
+    try:
+        if port is None:
+            port_text = os.environ.get("SIMULATOR_PORT", "").strip() or str(DEFAULT_PORT)
+            try:
+                port = int(port_text)
+            except ValueError as e:
+                raise ValueError(f"SIMULATOR_PORT={port_text!r} is not valid: {e}") from e
+        overrides = {name: value for name, value in options.items() if value is not None}
+        config = SimulatorConfig.from_env(os.environ, **overrides)
+    except ValueError as e:
+        parser.error(str(e))
+
+    try:
+        server = make_server(config, host, port)
+    except OSError as e:
+        print(f"{parser.prog}: cannot listen on {host}:{port}: {e}", file=sys.stderr)
+        return 1
+    keys = ", ".join(f"{key} ({tier})" for key, tier in config.api_keys.items())
+    print(f"Provider simulator listening on {server.base_url}")
+    print(f"Accepted API keys: {keys}")
+    print(f"Speed x{config.speed:g}. Quit with CONTROL-C.", flush=True)
+
+    # SIGTERM (what a process manager or a script's `kill` sends) stops it as Ctrl-C does.
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if in_main_thread else None
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("Stopping the simulator.", flush=True)
+    finally:
+        server.server_close()
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    return 0
