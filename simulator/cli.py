@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from simulator.config import SimulatorConfig, parse_api_keys
+from simulator.config import SimulatorConfig, parse_api_keys, parse_durations
 from simulator.server import make_server
 
 DEFAULT_HOST = "127.0.0.1"
@@ -49,6 +49,14 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help='accepted keys and tiers, e.g. "sim-key:basic,other:free"',
     )
     add("--speed", type=float, help="multiplies every task duration")
+    add(
+        "--durations",
+        type=_option(parse_durations),
+        help='median total seconds per resolution at speed 1, e.g. "1K=15,2K=38,4K=63"',
+    )
+    add("--render-sigma", type=float, help="lognormal sigma of task durations (0: ±10 %% jitter)")
+    add("--tail-rate", type=float, help="fraction of tasks that take --tail-factor times longer")
+    add("--tail-factor", type=float, help="how much longer a tail task takes (2.5)")
     add("--credits", type=int, help="credit balance (default: unlimited)")
     add("--fail-rate", type=float, help="fraction of tasks ending in fail")
     add("--error-rate", type=float, help="fraction of API answers that are 500")

@@ -16,6 +16,18 @@ from typing import Any
 DEFAULT_API_KEY = "sim-key"
 RESOLUTIONS = ("1K", "2K", "4K")
 
+# Seconds per state at speed 1.0, from the contract's "about 10-20 s at 1K, 30-40 s at 2K…".
+WAITING_SECONDS = 1.0
+QUEUING_SECONDS = 2.0
+GENERATING_SECONDS = {"1K": 12.0, "2K": 35.0, "4K": 60.0}
+# A task's total seconds at speed 1.0 per resolution: the median, when render_sigma is set.
+DEFAULT_DURATIONS = {
+    resolution: WAITING_SECONDS + QUEUING_SECONDS + generating
+    for resolution, generating in GENERATING_SECONDS.items()
+}
+# Without render_sigma, each state lasts its seconds, times speed, give or take this fraction.
+JITTER = 0.1
+
 
 @dataclass(frozen=True)
 class Tier:
@@ -58,6 +70,22 @@ def parse_api_keys(text: str) -> dict[str, str]:
     return keys
 
 
+def parse_durations(text: str) -> dict[str, float]:
+    """`"1K=12,4K=60"` -> {"1K": 12.0, "4K": 60.0}: a task's median total seconds at speed 1.0."""
+    durations: dict[str, float] = {}
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        resolution, _, seconds = item.partition("=")
+        resolution = resolution.strip().upper()
+        if resolution not in RESOLUTIONS:
+            raise ValueError(
+                f"{item.strip()!r}: use RESOLUTION=SECONDS, with {', '.join(RESOLUTIONS)}"
+            )
+        durations[resolution] = float(seconds)
+    return durations
+
+
 def _env_bool(value: str) -> bool:
     return value.strip().lower() in ("1", "true", "yes", "on")
 
@@ -75,6 +103,12 @@ class SimulatorConfig:
     empty_fail_code: bool = False
     seed: int | None = None
     verbose: bool = False
+    # Render time: the median total seconds per resolution at speed 1.0 (any left out keep
+    # DEFAULT_DURATIONS), a lognormal spread around it when render_sigma > 0, and a long tail.
+    durations: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_DURATIONS))
+    render_sigma: float = 0.0
+    tail_rate: float = 0.0
+    tail_factor: float = 2.5
 
     def __post_init__(self) -> None:
         unknown = {tier for tier in self.api_keys.values() if tier not in TIERS}
@@ -82,10 +116,20 @@ class SimulatorConfig:
             raise ValueError(f"unknown tier {sorted(unknown)}; use one of {', '.join(TIERS)}")
         if self.speed <= 0:
             raise ValueError("speed must be greater than 0")
-        if not (0 <= self.fail_rate <= 1 and 0 <= self.error_rate <= 1):
-            raise ValueError("fail_rate and error_rate must be between 0 and 1")
+        for name in ("fail_rate", "error_rate", "tail_rate"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be between 0 and 1")
         if self.message_key not in ("msg", "message"):
             raise ValueError('message_key must be "msg" or "message"')
+        self.durations = DEFAULT_DURATIONS | self.durations
+        if set(self.durations) != set(RESOLUTIONS) or min(self.durations.values()) <= 0:
+            raise ValueError(
+                f"durations must be seconds greater than 0 for {', '.join(RESOLUTIONS)}"
+            )
+        if self.render_sigma < 0:
+            raise ValueError("render_sigma must be 0 or more")
+        if self.tail_factor < 1:
+            raise ValueError("tail_factor must be 1 or more")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ, **overrides: Any) -> SimulatorConfig:
@@ -104,6 +148,10 @@ class SimulatorConfig:
             "SIMULATOR_EMPTY_FAIL_CODE": ("empty_fail_code", _env_bool),
             "SIMULATOR_SEED": ("seed", int),
             "SIMULATOR_VERBOSE": ("verbose", _env_bool),
+            "SIMULATOR_DURATIONS": ("durations", parse_durations),
+            "SIMULATOR_RENDER_SIGMA": ("render_sigma", float),
+            "SIMULATOR_TAIL_RATE": ("tail_rate", float),
+            "SIMULATOR_TAIL_FACTOR": ("tail_factor", float),
         }
         for name, (attribute, read) in readers.items():
             value = environ.get(name, "")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import hmac
+import itertools
 import json
 import math
 import random
@@ -23,8 +24,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from simulator.config import (
+    GENERATING_SECONDS,
+    JITTER,
+    QUEUING_SECONDS,
     RESOLUTIONS,
     TIERS,
+    WAITING_SECONDS,
     SimulatorConfig,
     parse_markers,
 )
@@ -40,12 +45,6 @@ MODEL = "nano-banana-2-text-to-image"
 PROMPT_MAX_LENGTH = 20_000
 OUTPUT_FORMATS = ("png", "jpg")
 CREDIT_COST = {"1K": 1, "2K": 2, "4K": 4}
-
-# Seconds per state at speed 1.0, from the contract's "about 10-20 s at 1K, 30-40 s at 2K…".
-WAITING_SECONDS = 1.0
-QUEUING_SECONDS = 2.0
-GENERATING_SECONDS = {"1K": 12.0, "2K": 35.0, "4K": 60.0}
-JITTER = 0.1
 
 PENDING_STATES = ("waiting", "queuing", "generating")
 STATES = (*PENDING_STATES, "success", "fail")
@@ -414,12 +413,7 @@ class Simulator:
     ) -> _Task:
         task_input = body["input"]
         resolution = task_input.get("resolution") or "1K"
-        speed = self.config.speed
-        phases = (WAITING_SECONDS, QUEUING_SECONDS, GENERATING_SECONDS[resolution])
-        ends: list[float] = []
-        for seconds in phases:
-            jittered = seconds * speed * self._random.uniform(1 - JITTER, 1 + JITTER)
-            ends.append((ends[-1] if ends else 0.0) + jittered)
+        ends = self._phase_ends(resolution)
         fail: tuple[str, str] | None = None
         if "fail500" in markers:
             fail = ("500", "internal error")
@@ -440,13 +434,37 @@ class Simulator:
             fail=fail,
             started=now,
             create_time=_epoch_ms(),
-            phase_ends=(ends[0], ends[1], ends[2]),
+            phase_ends=ends,
         )
         self._tasks[task.task_id] = task
         if request_id:
             self._tasks_by_request_id[api_key, request_id] = task
             self._task_ids_by_request_id.setdefault(request_id, []).append(task.task_id)
         return task
+
+    def _phase_ends(self, resolution: str) -> tuple[float, float, float]:
+        """When waiting, queuing and generating end, in seconds after creation."""
+        config = self.config
+        phases = (WAITING_SECONDS, QUEUING_SECONDS, GENERATING_SECONDS[resolution])
+        # Each state takes its share of the total that the documented seconds give it.
+        shares = [seconds / sum(phases) for seconds in phases]
+        median = config.durations[resolution] * config.speed
+        if config.render_sigma > 0:
+            total = median * self._random.lognormvariate(0.0, config.render_sigma)
+            seconds = [share * total for share in shares]
+        else:
+            seconds = [
+                share * median * self._random.uniform(1 - JITTER, 1 + JITTER) for share in shares
+            ]
+        if self._chance(config.tail_rate):
+            seconds = [s * config.tail_factor for s in seconds]
+        waiting, queuing, generating = itertools.accumulate(seconds)
+        return waiting, queuing, generating
+
+    def _chance(self, rate: float) -> bool:
+        """True for about `rate` of the calls, from the seeded generator; no draw at rate 0, so
+        a fault switched off leaves every other draw of a seeded run as it was."""
+        return rate > 0 and self._random.random() < rate
 
     def _record_info(self, request: Request) -> Reply:
         self._query_calls += 1

@@ -5,6 +5,8 @@ from __future__ import annotations
 import email.utils
 import io
 import json
+import math
+import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -23,6 +25,7 @@ from simulator import (
     SimulatorServer,
     Tier,
     image_size,
+    start_in_thread,
 )
 
 CREATE = "/api/v1/jobs/createTask"
@@ -133,6 +136,32 @@ def image_of(response: requests.Response) -> Image.Image:
     image = Image.open(io.BytesIO(response.content))
     image.load()
     return image
+
+
+def epoch_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def finished(api: Api, task_ids: list[str]) -> list[dict[str, Any]]:
+    """The final records of many tasks, polled round by round (the key must allow it)."""
+    records: dict[str, dict[str, Any]] = {}
+    deadline = time.monotonic() + 10
+    while len(records) < len(task_ids):
+        assert time.monotonic() < deadline, f"{len(task_ids) - len(records)} tasks did not finish"
+        for task_id in task_ids:
+            if task_id not in records:
+                record = api.record(task_id)
+                if record["state"] in FINAL_STATES:
+                    records[task_id] = record
+        time.sleep(0.05)
+    return [records[task_id] for task_id in task_ids]
+
+
+@pytest.fixture
+def fast_api(api, monkeypatch) -> Api:
+    """The client on a tier without practical limits, for tests that make many tasks."""
+    monkeypatch.setitem(TIERS, "basic", Tier(1000, 60_000, 1000, 60_000, 1000))
+    return api
 
 
 # Validation and keys -----------------------------------------------------------------------
@@ -251,6 +280,78 @@ def test_it_draws_visibly_different_colourful_images_for_different_prompts(api):
     for image in images:
         assert ImageStat.Stat(image.convert("HSV")).mean[1] > 60  # saturated, not grey
         assert image.getcolors(maxcolors=1000) is None  # more than a flat box or two
+
+
+# Render time -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("simulator_config", [SimulatorConfig(speed=0.01, seed=2)])
+def test_it_takes_the_documented_time_give_or_take_10_percent_by_default(fast_api):
+    tasks = {
+        resolution: [fast_api.create_task(resolution=resolution) for _ in range(3)]
+        for resolution in ("1K", "2K", "4K")
+    }
+    for resolution, documented in (("1K", 15), ("2K", 38), ("4K", 63)):
+        for record in finished(fast_api, tasks[resolution]):
+            assert 0.9 * documented * 10 <= record["costTime"] <= 1.1 * documented * 10
+
+
+@pytest.mark.parametrize(
+    "simulator_config",
+    # A median of 300 s at speed 0.001: 0.3 s.
+    [SimulatorConfig(speed=0.001, durations={"1K": 300}, render_sigma=0.4, seed=4)],
+)
+def test_it_draws_lognormal_durations_around_the_configured_median(fast_api):
+    task_ids = [fast_api.create_task(f"spread {i}") for i in range(100)]
+    # One look at every task, newest first: whatever state it shows must agree with costTime.
+    seen: list[tuple[str, str, int, int]] = []
+    for task_id in reversed(task_ids):
+        before = epoch_ms()
+        state = fast_api.record(task_id)["state"]
+        seen.append((task_id, state, before, epoch_ms()))
+    records = {record["taskId"]: record for record in finished(fast_api, task_ids)}
+
+    assert {record["state"] for record in records.values()} == {"success"}
+    costs = [records[task_id]["costTime"] for task_id in task_ids]
+    assert abs(statistics.median(costs) / 300 - 1) < 0.15
+    assert 0.25 < statistics.stdev(math.log(cost) for cost in costs) < 0.6
+    for task_id, state, before, after in seen:
+        # costTime is the task's real duration: it ends at createTime + costTime (to the ms).
+        record = records[task_id]
+        end = record["createTime"] + record["costTime"]
+        assert record["completeTime"] == end
+        if state == "success":
+            assert end <= after + 3, (state, end - before)
+        else:
+            assert end >= before - 3, (state, end - before)
+    states = {state for _, state, _, _ in seen}
+    assert "success" in states and states & {"waiting", "queuing", "generating"}
+
+
+# A median of 100 s at speed 0.001 (0.1 s) without spread; a quarter of the tasks 3 times longer.
+TAIL = {"speed": 0.001, "durations": {"1K": 100}, "tail_rate": 0.25, "tail_factor": 3, "seed": 5}
+
+
+@pytest.mark.parametrize("simulator_config", [SimulatorConfig(**TAIL)])
+def test_it_makes_some_tasks_take_tail_factor_times_longer(fast_api):
+    def durations(api: Api) -> list[int]:
+        task_ids = [api.create_task() for _ in range(80)]
+        return [record["costTime"] for record in finished(api, task_ids)]
+
+    costs = durations(fast_api)
+    usual = [cost for cost in costs if cost < 200]
+    tail = [cost for cost in costs if cost >= 200]
+    assert 0.1 < len(tail) / len(costs) < 0.4
+    assert all(90 <= cost <= 110 for cost in usual)
+    assert all(270 <= cost <= 330 for cost in tail)
+
+    # The same seed, the same run.
+    server = start_in_thread(SimulatorConfig(**TAIL))
+    try:
+        assert durations(Api(server)) == costs
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 # Idempotency, limits and credits -------------------------------------------------------------
@@ -614,3 +715,21 @@ def test_it_reads_its_config_from_the_environment():
         SimulatorConfig.from_env({"SIMULATOR_SPEED": "fast"})
     with pytest.raises(ValueError, match="tier"):
         SimulatorConfig.from_env({"SIMULATOR_API_KEYS": "k:gold"})
+
+
+def test_it_reads_the_render_time_from_the_environment():
+    config = SimulatorConfig.from_env(
+        {
+            "SIMULATOR_DURATIONS": "1k=12, 4K=90",
+            "SIMULATOR_RENDER_SIGMA": "0.35",
+            "SIMULATOR_TAIL_RATE": "0.05",
+            "SIMULATOR_TAIL_FACTOR": "3",
+        }
+    )
+    assert config.durations == {"1K": 12.0, "2K": 38.0, "4K": 90.0}
+    assert (config.render_sigma, config.tail_rate, config.tail_factor) == (0.35, 0.05, 3.0)
+    assert SimulatorConfig().durations == {"1K": 15.0, "2K": 38.0, "4K": 63.0}
+    with pytest.raises(ValueError, match="SIMULATOR_DURATIONS"):
+        SimulatorConfig.from_env({"SIMULATOR_DURATIONS": "8K=100"})
+    with pytest.raises(ValueError, match="tail_rate"):
+        SimulatorConfig(tail_rate=1.5)
