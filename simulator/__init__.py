@@ -28,7 +28,9 @@ from simulator.config import (
     SimulatorConfig,
     Tier,
     parse_api_keys,
+    parse_durations,
     parse_markers,
+    parse_tiers,
 )
 from simulator.images import ASPECT_RATIOS, SIZES_1K, image_size, render_image
 from simulator.server import SimulatorServer, make_server, start_in_thread
@@ -52,7 +54,9 @@ __all__ = [
     "main",
     "make_server",
     "parse_api_keys",
+    "parse_durations",
     "parse_markers",
+    "parse_tiers",
     "render_image",
     "start_in_thread",
 ]

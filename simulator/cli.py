@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from simulator.config import SimulatorConfig, parse_api_keys, parse_durations
+from simulator.config import SimulatorConfig, parse_api_keys, parse_durations, parse_tiers
 from simulator.server import make_server
 
 DEFAULT_HOST = "127.0.0.1"
@@ -47,6 +47,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--api-keys",
         type=_option(parse_api_keys),
         help='accepted keys and tiers, e.g. "sim-key:basic,other:free"',
+    )
+    add(
+        "--tiers",
+        dest="extra_tiers",
+        type=_option(parse_tiers),
+        help='more tiers, NAME:ACTIVE/CREATE-PER-S/QUERY-PER-S, e.g. "bench300:300/100/500"',
     )
     add("--speed", type=float, help="multiplies every task duration")
     add(

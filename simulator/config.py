@@ -70,6 +70,27 @@ def parse_api_keys(text: str) -> dict[str, str]:
     return keys
 
 
+def parse_tiers(text: str) -> dict[str, Tier]:
+    """`"bench300:300/100/500"` -> a tier "bench300" with 300 active tasks, 100 creates and 500
+    queries a second; the per-minute limits are 60 times the per-second ones."""
+    tiers: dict[str, Tier] = {}
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        name, _, limits = item.partition(":")
+        try:
+            active, create, query = (int(number) for number in limits.split("/"))
+        except ValueError:
+            active = create = query = 0
+        if not name.strip() or min(active, create, query) < 1:
+            raise ValueError(
+                f"{item.strip()!r}: use NAME:ACTIVE/CREATE-PER-SECOND/QUERY-PER-SECOND, "
+                "whole numbers of 1 or more"
+            )
+        tiers[name.strip().lower()] = Tier(create, 60 * create, query, 60 * query, active)
+    return tiers
+
+
 def parse_durations(text: str) -> dict[str, float]:
     """`"1K=12,4K=60"` -> {"1K": 12.0, "4K": 60.0}: a task's median total seconds at speed 1.0."""
     durations: dict[str, float] = {}
@@ -109,11 +130,14 @@ class SimulatorConfig:
     render_sigma: float = 0.0
     tail_rate: float = 0.0
     tail_factor: float = 2.5
+    # Tiers beyond TIERS (or replacing one of them), by name, for api_keys to use.
+    extra_tiers: dict[str, Tier] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        unknown = {tier for tier in self.api_keys.values() if tier not in TIERS}
+        tiers = TIERS | self.extra_tiers
+        unknown = {tier for tier in self.api_keys.values() if tier not in tiers}
         if unknown:
-            raise ValueError(f"unknown tier {sorted(unknown)}; use one of {', '.join(TIERS)}")
+            raise ValueError(f"unknown tier {sorted(unknown)}; use one of {', '.join(tiers)}")
         if self.speed <= 0:
             raise ValueError("speed must be greater than 0")
         for name in ("fail_rate", "error_rate", "tail_rate"):
@@ -131,6 +155,9 @@ class SimulatorConfig:
         if self.tail_factor < 1:
             raise ValueError("tail_factor must be 1 or more")
 
+    def tier(self, name: str) -> Tier:
+        return self.extra_tiers[name] if name in self.extra_tiers else TIERS[name]
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ, **overrides: Any) -> SimulatorConfig:
         """The config from SIMULATOR_* variables; keyword arguments (the command line's options)
@@ -138,6 +165,7 @@ class SimulatorConfig:
         config: dict[str, Any] = {}
         readers: dict[str, tuple[str, Any]] = {
             "SIMULATOR_API_KEYS": ("api_keys", parse_api_keys),
+            "SIMULATOR_TIERS": ("extra_tiers", parse_tiers),
             "SIMULATOR_SPEED": ("speed", float),
             "SIMULATOR_CREDITS": ("credits", int),
             "SIMULATOR_FAIL_RATE": ("fail_rate", float),

@@ -28,7 +28,6 @@ from simulator.config import (
     JITTER,
     QUEUING_SECONDS,
     RESOLUTIONS,
-    TIERS,
     WAITING_SECONDS,
     SimulatorConfig,
     parse_markers,
@@ -267,7 +266,7 @@ class Simulator:
         calls = self._windows.setdefault((api_key, kind), deque())
         while calls and calls[0] <= now - 60:
             calls.popleft()
-        for window, limit in TIERS[tier_name].limits(kind):
+        for window, limit in self.config.tier(tier_name).limits(kind):
             in_window = [t for t in calls if t > now - window] if window < 60 else list(calls)
             if len(in_window) >= limit:
                 # The call may go once enough of the calls in the window have left it.
@@ -319,7 +318,7 @@ class Simulator:
             task = self._tasks_by_request_id[api_key, request_id]
             return self._envelope(200, "success", {"taskId": task.task_id}, delay=delay)
 
-        tier = TIERS[self.config.api_keys[api_key]]
+        tier = self.config.tier(self.config.api_keys[api_key])
         now = time.monotonic()
         active = [t for t in self._active.get(api_key, []) if t.state(now) in PENDING_STATES]
         self._active[api_key] = active
@@ -389,7 +388,7 @@ class Simulator:
                 tier_name = self.config.api_keys[api_key]
                 data = {
                     "retryAfter": 1,
-                    "limit": TIERS[tier_name].create_per_second,
+                    "limit": self.config.tier(tier_name).create_per_second,
                     "tier": tier_name,
                     "windowSeconds": 1,
                 }

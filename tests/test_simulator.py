@@ -25,6 +25,7 @@ from simulator import (
     SimulatorServer,
     Tier,
     image_size,
+    parse_tiers,
     start_in_thread,
 )
 
@@ -157,10 +158,17 @@ def finished(api: Api, task_ids: list[str]) -> list[dict[str, Any]]:
     return [records[task_id] for task_id in task_ids]
 
 
+# A tier without practical limits, for tests that make many tasks.
+UNLIMITED = {
+    "api_keys": {DEFAULT_API_KEY: "unlimited"},
+    "extra_tiers": parse_tiers("unlimited:1000/1000/1000"),
+}
+
+
 @pytest.fixture
-def fast_api(api, monkeypatch) -> Api:
-    """The client on a tier without practical limits, for tests that make many tasks."""
-    monkeypatch.setitem(TIERS, "basic", Tier(1000, 60_000, 1000, 60_000, 1000))
+def fast_api(api, simulator) -> Api:
+    simulator.simulator.config.extra_tiers = UNLIMITED["extra_tiers"]
+    use_tier(simulator, "unlimited")
     return api
 
 
@@ -346,7 +354,7 @@ def test_it_makes_some_tasks_take_tail_factor_times_longer(fast_api):
     assert all(270 <= cost <= 330 for cost in tail)
 
     # The same seed, the same run.
-    server = start_in_thread(SimulatorConfig(**TAIL))
+    server = start_in_thread(SimulatorConfig(**TAIL, **UNLIMITED))
     try:
         assert durations(Api(server)) == costs
     finally:
@@ -416,6 +424,34 @@ def test_it_rate_limits_over_the_60_second_window(api, monkeypatch):
     assert (data["limit"], data["windowSeconds"]) == (3, 60)
     assert 55 <= data["retryAfter"] <= 60
     assert response.headers["Retry-After"] == str(data["retryAfter"])
+
+
+def test_it_adds_tiers_with_their_limits(api, simulator):
+    config = SimulatorConfig.from_env(
+        {
+            "SIMULATOR_TIERS": "bench300:300/100/500, Tiny:2/3/4",
+            "SIMULATOR_API_KEYS": "sim-key:tiny",
+        }
+    )
+    assert config.extra_tiers == {
+        "bench300": Tier(100, 6000, 500, 30_000, 300),
+        "tiny": Tier(3, 180, 4, 240, 2),
+    }
+    simulator.simulator.config = config  # speed 1: tasks stay active for about 15 s
+    first = api.create_task("one")
+    api.create_task("two")
+    assert_envelope(api.create("three"), 409, "active task limit exceeded")
+    data = assert_envelope(api.create("four"), 429)["data"]
+    assert (data["limit"], data["tier"], data["windowSeconds"]) == (3, "tiny", 1)
+    for _ in range(4):
+        assert_envelope(api.query(first), 200)
+    data = assert_envelope(api.query(first), 429)["data"]
+    assert (data["limit"], data["tier"], data["windowSeconds"]) == (4, "tiny", 1)
+
+    with pytest.raises(ValueError, match="bench300"):
+        SimulatorConfig(api_keys={"k": "gold"}, extra_tiers=config.extra_tiers)
+    with pytest.raises(ValueError, match="SIMULATOR_TIERS"):
+        SimulatorConfig.from_env({"SIMULATOR_TIERS": "bench:300/100"})
 
 
 def test_it_refuses_beyond_the_active_task_limit_with_409(api, simulator):
