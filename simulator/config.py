@@ -111,6 +111,12 @@ def _env_bool(value: str) -> bool:
     return value.strip().lower() in ("1", "true", "yes", "on")
 
 
+RATES = (
+    "fail_rate", "error_rate", "tail_rate", "conflict_rate", "rate_limit_rate", "broken_rate",
+    "slow_rate", "query_404_rate", "expired_rate",
+)  # fmt: skip
+
+
 @dataclass
 class SimulatorConfig:
     api_keys: dict[str, str] = field(default_factory=lambda: {DEFAULT_API_KEY: "basic"})
@@ -132,6 +138,16 @@ class SimulatorConfig:
     tail_factor: float = 2.5
     # Tiers beyond TIERS (or replacing one of them), by name, for api_keys to use.
     extra_tiers: dict[str, Tier] = field(default_factory=dict)
+    # Faults at random, for a soak test (fail_rate and error_rate above are two more): 409 on
+    # createTask, 429 on any call, answers cut off mid-JSON or late, tasks that recordInfo
+    # forgets, and successful tasks whose result URLs have already expired.
+    conflict_rate: float = 0.0
+    rate_limit_rate: float = 0.0
+    broken_rate: float = 0.0
+    slow_rate: float = 0.0
+    slow_answer_seconds: float = 10.0
+    query_404_rate: float = 0.0
+    expired_rate: float = 0.0
 
     def __post_init__(self) -> None:
         tiers = TIERS | self.extra_tiers
@@ -140,9 +156,11 @@ class SimulatorConfig:
             raise ValueError(f"unknown tier {sorted(unknown)}; use one of {', '.join(tiers)}")
         if self.speed <= 0:
             raise ValueError("speed must be greater than 0")
-        for name in ("fail_rate", "error_rate", "tail_rate"):
+        for name in RATES:
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be between 0 and 1")
+        if self.slow_seconds < 0 or self.slow_answer_seconds < 0:
+            raise ValueError("slow_seconds and slow_answer_seconds must be 0 or more")
         if self.message_key not in ("msg", "message"):
             raise ValueError('message_key must be "msg" or "message"')
         self.durations = DEFAULT_DURATIONS | self.durations
@@ -180,6 +198,13 @@ class SimulatorConfig:
             "SIMULATOR_RENDER_SIGMA": ("render_sigma", float),
             "SIMULATOR_TAIL_RATE": ("tail_rate", float),
             "SIMULATOR_TAIL_FACTOR": ("tail_factor", float),
+            "SIMULATOR_CONFLICT_RATE": ("conflict_rate", float),
+            "SIMULATOR_RATE_LIMIT_RATE": ("rate_limit_rate", float),
+            "SIMULATOR_BROKEN_RATE": ("broken_rate", float),
+            "SIMULATOR_SLOW_RATE": ("slow_rate", float),
+            "SIMULATOR_SLOW_ANSWER_SECONDS": ("slow_answer_seconds", float),
+            "SIMULATOR_QUERY_404_RATE": ("query_404_rate", float),
+            "SIMULATOR_EXPIRED_RATE": ("expired_rate", float),
         }
         for name, (attribute, read) in readers.items():
             value = environ.get(name, "")

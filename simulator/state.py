@@ -129,7 +129,9 @@ class _Task:
     started: float  # time.monotonic() at creation
     create_time: int  # epoch ms
     phase_ends: tuple[float, float, float]  # seconds after creation: waiting, queuing, generating
+    expired: bool = False  # its result URLs have expired before they are handed out
     queries: int = 0
+    forgotten: bool = False  # recordInfo answers 404 for it
 
     def state(self, now: float) -> str:
         elapsed = now - self.started
@@ -176,6 +178,7 @@ class Simulator:
         self._query_calls = 0
         self._answers: dict[str, int] = {}
         self._downloads = 0
+        self._faults: dict[str, int] = {}
 
     def reset(self) -> None:
         """Forget every task and counter; the config (and so the credit balance) stays."""
@@ -203,6 +206,7 @@ class Simulator:
                 "tasks": states,
                 "credits": self.config.credits,
                 "downloads": self._downloads,
+                "faults": dict(self._faults),
             }
 
     # HTTP-independent entry point -------------------------------------------------------------
@@ -219,7 +223,7 @@ class Simulator:
         if not path.startswith("/api/v1/"):
             return self._envelope(404, "not found")
         with self._lock:
-            reply = self._api(request)
+            reply = self._answer_fault(self._api(request))
             self._answers[str(reply.status)] = self._answers.get(str(reply.status), 0) + 1
         reply.delay += self.config.slow_seconds
         return reply
@@ -241,14 +245,38 @@ class Simulator:
         route = routes.get(request.path)
         if route is not None and route[0] == request.method:
             return route[1](request)
-        if self._random.random() < self.config.error_rate:
-            return self.internal_error()
         _, refusal = self._authorize(request)
         if refusal is not None:
             return refusal
         if route is None:
             return self._envelope(404, "not found")
         return self._envelope(405, f"method {request.method} not allowed")
+
+    def _answer_fault(self, reply: Reply) -> Reply:
+        """The server-wide faults of an answer: 500, cut off, late.
+
+        They strike once the call has been carried out, as when an answer is lost on its way
+        back: a createTask answered so has made its task, and a retry with the same X-Request-ID
+        finds it.
+        """
+        config = self.config
+        if self._chance(config.error_rate, "error"):
+            reply = self._envelope(500, "internal server error", delay=reply.delay)
+        elif self._chance(config.broken_rate, "broken"):
+            reply = self._cut_off(reply.delay)
+        if self._chance(config.slow_rate, "slow"):
+            reply.delay += config.slow_answer_seconds
+        return reply
+
+    def _chance(self, rate: float, fault: str | None = None) -> bool:
+        """True for about `rate` of the calls, from the seeded generator; no draw at rate 0, so
+        a fault switched off leaves every other draw of a seeded run as it was. The faults that
+        strike are counted for the status."""
+        if rate <= 0 or self._random.random() >= rate:
+            return False
+        if fault is not None:
+            self._faults[fault] = self._faults.get(fault, 0) + 1
+        return True
 
     def _authorize(self, request: Request) -> tuple[str, Reply | None]:
         scheme, _, key = request.headers.get("Authorization", "").strip().partition(" ")
@@ -266,23 +294,29 @@ class Simulator:
         calls = self._windows.setdefault((api_key, kind), deque())
         while calls and calls[0] <= now - 60:
             calls.popleft()
-        for window, limit in self.config.tier(tier_name).limits(kind):
+        limits = self.config.tier(tier_name).limits(kind)
+        for window, limit in limits:
             in_window = [t for t in calls if t > now - window] if window < 60 else list(calls)
             if len(in_window) >= limit:
                 # The call may go once enough of the calls in the window have left it.
                 leaves_at = in_window[len(in_window) - limit] + window
-                retry_after = max(1, math.ceil(leaves_at - now))
-                data = {
-                    "retryAfter": retry_after,
-                    "limit": limit,
-                    "tier": tier_name,
-                    "windowSeconds": window,
-                }
-                return self._envelope(
-                    429, "rate limit exceeded", data, headers={"Retry-After": str(retry_after)}
-                )
+                return self._too_many(tier_name, limit, window, max(1, math.ceil(leaves_at - now)))
+        if self._chance(self.config.rate_limit_rate, "rateLimit"):
+            _, per_second = limits[-1]
+            return self._too_many(tier_name, per_second, 1, 1)
         calls.append(now)
         return None
+
+    def _too_many(self, tier_name: str, limit: int, window: int, retry_after: int) -> Reply:
+        data = {
+            "retryAfter": retry_after,
+            "limit": limit,
+            "tier": tier_name,
+            "windowSeconds": window,
+        }
+        return self._envelope(
+            429, "rate limit exceeded", data, headers={"Retry-After": str(retry_after)}
+        )
 
     def _create_task(self, request: Request) -> Reply:
         self._create_calls += 1
@@ -290,8 +324,6 @@ class Simulator:
         if request_id:
             by_id = self._create_calls_by_request_id
             by_id[request_id] = by_id.get(request_id, 0) + 1
-        if self._random.random() < self.config.error_rate:
-            return self.internal_error()
         api_key, refusal = self._authorize(request)
         if refusal is not None:
             return refusal
@@ -322,7 +354,7 @@ class Simulator:
         now = time.monotonic()
         active = [t for t in self._active.get(api_key, []) if t.state(now) in PENDING_STATES]
         self._active[api_key] = active
-        if len(active) >= tier.active_tasks:
+        if len(active) >= tier.active_tasks or self._chance(self.config.conflict_rate, "conflict"):
             return self._envelope(409, "active task limit exceeded", delay=delay)
         resolution = task_input.get("resolution") or "1K"
         cost = CREDIT_COST[resolution]
@@ -386,13 +418,8 @@ class Simulator:
             code = int(name[:3])
             if name == "429":
                 tier_name = self.config.api_keys[api_key]
-                data = {
-                    "retryAfter": 1,
-                    "limit": self.config.tier(tier_name).create_per_second,
-                    "tier": tier_name,
-                    "windowSeconds": 1,
-                }
-                return self._envelope(429, "rate limit exceeded", data, {"Retry-After": "1"})
+                limit = self.config.tier(tier_name).create_per_second
+                return self._too_many(tier_name, limit, 1, 1)
             if name == "429-header":
                 return self._envelope(429, "rate limit exceeded", headers={"Retry-After": "1"})
             if name == "429-date":
@@ -418,8 +445,11 @@ class Simulator:
             fail = ("500", "internal error")
         elif "fail" in markers:
             fail = ("400", CONTENT_POLICY_MESSAGE)
-        elif self._random.random() < self.config.fail_rate:
+        elif self._chance(self.config.fail_rate, "fail"):
             fail = self._random.choice((("400", CONTENT_POLICY_MESSAGE), ("500", "internal error")))
+        expired = "expired" in markers or (
+            fail is None and self._chance(self.config.expired_rate, "expired")
+        )
         task = _Task(
             task_id=f"task_{uuid.uuid4().hex}",
             api_key=api_key,
@@ -434,6 +464,7 @@ class Simulator:
             started=now,
             create_time=_epoch_ms(),
             phase_ends=ends,
+            expired=expired,
         )
         self._tasks[task.task_id] = task
         if request_id:
@@ -460,15 +491,8 @@ class Simulator:
         waiting, queuing, generating = itertools.accumulate(seconds)
         return waiting, queuing, generating
 
-    def _chance(self, rate: float) -> bool:
-        """True for about `rate` of the calls, from the seeded generator; no draw at rate 0, so
-        a fault switched off leaves every other draw of a seeded run as it was."""
-        return rate > 0 and self._random.random() < rate
-
     def _record_info(self, request: Request) -> Reply:
         self._query_calls += 1
-        if self._random.random() < self.config.error_rate:
-            return self.internal_error()
         api_key, refusal = self._authorize(request)
         if refusal is not None:
             return refusal
@@ -482,16 +506,16 @@ class Simulator:
         if task is None or task.api_key != api_key:
             return self._envelope(404, "task not found")
         task.queries += 1
+        if not task.forgotten and self._chance(self.config.query_404_rate, "query404"):
+            task.forgotten = True  # from now on, as if the provider had lost it
         markers = task.markers
         delay = _marker_seconds(markers.get("slow"))
-        if "query404" in markers:
+        if "query404" in markers or task.forgotten:
             return self._envelope(404, "task not found", delay=delay)
         if task.queries <= _marker_count(markers.get("query500", "0")):
             return self._envelope(500, "internal server error", delay=delay)
         if "broken-query" in markers:
-            # Cut off mid-answer, as a dropped proxy connection leaves it.
-            broken = f'{{"code": 200, "{self.config.message_key}": "success", "data": {{"taskId'
-            return Reply(200, broken.encode(), delay=delay)
+            return self._cut_off(delay)
         host = request.headers.get("Host", "")
         return self._envelope(200, "success", self._record(task, host), delay=delay)
 
@@ -518,7 +542,7 @@ class Simulator:
         }
         if succeeded:
             # The expiry counts from completion in real time: result_ttl is not scaled by speed.
-            if "expired" in task.markers:
+            if task.expired:
                 expires = complete_time
             else:
                 expires = complete_time + round(self.config.result_ttl * 1000)
@@ -591,6 +615,11 @@ class Simulator:
     ) -> Reply:
         body = {"code": code, self.config.message_key: message, "data": data}
         return Reply(code, _dumps(body), headers=headers or {}, delay=delay)
+
+    def _cut_off(self, delay: float = 0.0) -> Reply:
+        """An answer cut off mid-JSON with HTTP 200, as a dropped proxy connection leaves it."""
+        body = f'{{"code": 200, "{self.config.message_key}": "success", "data": {{"taskId'
+        return Reply(200, body.encode(), delay=delay)
 
     @staticmethod
     def _json(status: int, payload: Any) -> Reply:

@@ -652,6 +652,137 @@ def test_it_fails_every_task_with_fail_rate_1(api, simulator):
     assert record["failCode"] in ("400", "500") and record["failMsg"]
 
 
+def test_it_makes_the_task_before_answering_500_with_error_rate(api, simulator):
+    config = simulator.simulator.config
+    config.error_rate = 1.0
+    assert_envelope(api.create("answer lost", request_id="gen-1"), 500)
+    [task_id] = simulator.simulator.status()["tasksByRequestId"]["gen-1"]
+    config.error_rate = 0.0
+    assert api.create_task("answer lost", request_id="gen-1") == task_id
+    status = simulator.simulator.status()
+    assert status["createTask"]["byRequestId"] == {"gen-1": 2}
+    assert status["tasksCreated"] == 1
+    assert status["faults"] == {"error": 1}
+
+
+def test_it_answers_409_without_making_a_task_with_conflict_rate_1(api, simulator):
+    first = api.create_task("made before", request_id="old")
+    simulator.simulator.config.conflict_rate = 1.0
+    assert_envelope(api.create("refused", request_id="new"), 409, "active task limit exceeded")
+    # A repeat of an X-Request-ID that has its task is not a new task: never refused.
+    assert api.create_task("made before", request_id="old") == first
+    status = simulator.simulator.status()
+    assert status["tasksByRequestId"] == {"old": [first]}
+    assert status["faults"] == {"conflict": 1}
+
+
+def test_it_answers_429_to_any_call_with_rate_limit_rate_1(api, simulator):
+    task_id = api.create_task()
+    simulator.simulator.config.rate_limit_rate = 1.0
+    limits = []
+    for response in (api.create("refused"), api.query(task_id)):
+        data = assert_envelope(response, 429, "rate limit")["data"]
+        assert (data["retryAfter"], data["tier"], data["windowSeconds"]) == (1, "basic", 1)
+        assert response.headers["Retry-After"] == "1"
+        limits.append(data["limit"])
+    assert limits == [5, 20]
+    status = simulator.simulator.status()
+    assert status["tasksCreated"] == 1
+    assert status["faults"] == {"rateLimit": 2}
+
+
+def test_it_cuts_answers_off_after_making_the_task_with_broken_rate_1(api, simulator):
+    config = simulator.simulator.config
+    config.broken_rate = 1.0
+    response = api.create("cut off", request_id="gen-1")
+    assert response.status_code == 200
+    with pytest.raises(ValueError):
+        json.loads(response.content)
+    [task_id] = simulator.simulator.status()["tasksByRequestId"]["gen-1"]
+    response = api.query(task_id)
+    assert response.status_code == 200
+    with pytest.raises(ValueError):
+        json.loads(response.content)
+    config.broken_rate = 0.0
+    assert api.create_task("cut off", request_id="gen-1") == task_id
+    assert simulator.simulator.status()["faults"] == {"broken": 2}
+
+
+def test_it_answers_late_after_making_the_task_with_slow_rate_1(api, simulator):
+    config = simulator.simulator.config
+    config.slow_rate, config.slow_answer_seconds = 1.0, 1.0
+    with pytest.raises(requests.ReadTimeout):
+        api.create("take your time", request_id="gen-1", timeout=0.3)
+    [task_id] = simulator.simulator.status()["tasksByRequestId"]["gen-1"]
+    config.slow_answer_seconds = 0.2
+    started = time.monotonic()
+    assert_envelope(api.query(task_id), 200)
+    assert time.monotonic() - started >= 0.2
+    config.slow_rate = 0.0
+    assert api.create_task("take your time", request_id="gen-1") == task_id
+
+
+def test_it_forgets_a_task_for_good_with_query_404_rate_1(api, simulator):
+    config = simulator.simulator.config
+    task_id = api.create_task("forgotten")
+    config.query_404_rate = 1.0
+    assert_envelope(api.query(task_id), 404, "task not found")
+    config.query_404_rate = 0.0
+    assert_envelope(api.query(task_id), 404, "task not found")
+    assert api.wait(api.create_task("remembered"))["state"] == "success"
+    assert simulator.simulator.status()["faults"] == {"query404": 1}
+
+
+def test_it_hands_out_expired_result_urls_with_expired_rate_1(api, simulator):
+    simulator.simulator.config.expired_rate = 1.0
+    record = api.wait(api.create_task())
+    assert record["state"] == "success"
+    response = api.download(result_urls(record)[0])
+    assert response.status_code == 403
+    assert "expired" in response.text
+
+
+@pytest.mark.parametrize(
+    "simulator_config",
+    [
+        SimulatorConfig(
+            speed=0.02,
+            seed=9,
+            error_rate=0.25,
+            broken_rate=0.25,
+            slow_rate=0.25,
+            slow_answer_seconds=0.02,
+            conflict_rate=0.2,
+            rate_limit_rate=0.2,
+            **UNLIMITED,
+        )
+    ],
+)
+def test_it_keeps_one_task_per_request_id_under_random_create_faults(api, simulator):
+    """A client that retries each generation with its X-Request-ID until it reads a task ID."""
+    task_ids: dict[str, str] = {}
+    attempts: dict[str, int] = {}
+    found_again = 0  # generations whose task was made by a try whose answer was lost
+    for i in range(20):
+        request_id = f"gen-{i}"
+        for attempt in range(1, 50):
+            made = request_id in simulator.simulator.status()["tasksByRequestId"]
+            response = api.create(f"soak {i}", request_id=request_id)
+            try:
+                payload = response.json()
+            except ValueError:
+                continue  # cut off: the task may well have been made
+            if payload["code"] == 200:
+                task_ids[request_id], attempts[request_id] = payload["data"]["taskId"], attempt
+                found_again += made
+                break
+    assert len(task_ids) == 20 and found_again > 0
+    status = simulator.simulator.status()
+    assert status["tasksByRequestId"] == {key: [value] for key, value in task_ids.items()}
+    assert status["createTask"]["byRequestId"] == attempts
+    assert set(status["faults"]) == {"error", "broken", "slow", "conflict", "rateLimit"}
+
+
 def test_it_says_message_instead_of_msg_when_configured(api, simulator):
     simulator.simulator.config.message_key = "message"
     for response, code in ((api.create(resolution="8K"), 422), (api.create(), 200)):
@@ -769,3 +900,28 @@ def test_it_reads_the_render_time_from_the_environment():
         SimulatorConfig.from_env({"SIMULATOR_DURATIONS": "8K=100"})
     with pytest.raises(ValueError, match="tail_rate"):
         SimulatorConfig(tail_rate=1.5)
+
+
+def test_it_reads_the_fault_rates_from_the_environment():
+    config = SimulatorConfig.from_env(
+        {
+            "SIMULATOR_CONFLICT_RATE": "0.01",
+            "SIMULATOR_RATE_LIMIT_RATE": "0.02",
+            "SIMULATOR_BROKEN_RATE": "0.03",
+            "SIMULATOR_SLOW_RATE": "0.04",
+            "SIMULATOR_SLOW_ANSWER_SECONDS": "45",
+            "SIMULATOR_QUERY_404_RATE": "0.05",
+            "SIMULATOR_EXPIRED_RATE": "0.06",
+        }
+    )
+    assert config == SimulatorConfig(
+        conflict_rate=0.01,
+        rate_limit_rate=0.02,
+        broken_rate=0.03,
+        slow_rate=0.04,
+        slow_answer_seconds=45.0,
+        query_404_rate=0.05,
+        expired_rate=0.06,
+    )
+    with pytest.raises(ValueError, match="query_404_rate"):
+        SimulatorConfig(query_404_rate=-0.1)
