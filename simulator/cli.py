@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from simulator.config import SimulatorConfig, parse_api_keys, parse_durations, parse_tiers
@@ -83,6 +84,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help='send failCode/failMsg as "" instead of null on success',
     )
     add("--seed", type=int, help="seed for every random draw (durations, rates)")
+    add(
+        "--state-file",
+        type=Path,
+        help="read tasks, counters and credits from this file at start, write them at stop",
+    )
     add("-v", "--verbose", action="store_const", const=True, help="one line per request on stderr")
     return parser
 
@@ -108,25 +114,40 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     except ValueError as e:
         parser.error(str(e))
 
+    resumed = config.state_file is not None and config.state_file.exists()
     try:
         server = make_server(config, host, port)
+    except ValueError as e:  # an unreadable state file
+        print(f"{parser.prog}: {e}", file=sys.stderr)
+        return 1
     except OSError as e:
         print(f"{parser.prog}: cannot listen on {host}:{port}: {e}", file=sys.stderr)
         return 1
     keys = ", ".join(f"{key} ({tier})" for key, tier in config.api_keys.items())
     print(f"Provider simulator listening on {server.base_url}")
     print(f"Accepted API keys: {keys}")
+    if config.state_file is not None:
+        if resumed:
+            tasks = server.simulator.status()["tasksCreated"]
+            print(f"Carrying on from {config.state_file} ({tasks} tasks); written again at stop.")
+        else:
+            print(f"No {config.state_file} yet: starting afresh; written at stop.")
     print(f"Speed x{config.speed:g}. Quit with CONTROL-C.", flush=True)
 
-    # SIGTERM (what a process manager or a script's `kill` sends) stops it as Ctrl-C does.
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _interrupt) if in_main_thread else None
+    # SIGTERM (what a process manager or a script's `kill` sends) stops it as Ctrl-C does, and
+    # so does SIGINT even where it came in ignored, as in a script's background job.
+    stop_signals = (signal.SIGINT, signal.SIGTERM)
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {number: signal.signal(number, _interrupt) for number in stop_signals}
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         print("Stopping the simulator.", flush=True)
     finally:
         server.server_close()
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    if config.state_file is not None:
+        print(f"State written to {config.state_file}.", flush=True)
     return 0

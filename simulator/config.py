@@ -11,6 +11,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 DEFAULT_API_KEY = "sim-key"
@@ -148,6 +149,9 @@ class SimulatorConfig:
     slow_answer_seconds: float = 10.0
     query_404_rate: float = 0.0
     expired_rate: float = 0.0
+    # Where the tasks, counters, credits and URL secret are read from at start (when the file
+    # exists) and written to at a clean stop, so that a restart carries on.
+    state_file: Path | None = None
 
     def __post_init__(self) -> None:
         tiers = TIERS | self.extra_tiers
@@ -205,6 +209,7 @@ class SimulatorConfig:
             "SIMULATOR_SLOW_ANSWER_SECONDS": ("slow_answer_seconds", float),
             "SIMULATOR_QUERY_404_RATE": ("query_404_rate", float),
             "SIMULATOR_EXPIRED_RATE": ("expired_rate", float),
+            "SIMULATOR_STATE_FILE": ("state_file", lambda value: Path(value.strip())),
         }
         for name, (attribute, read) in readers.items():
             value = environ.get(name, "")

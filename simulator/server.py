@@ -129,13 +129,17 @@ class SimulatorServer(ThreadingHTTPServer):
         super().shutdown_request(request)
 
     def server_close(self) -> None:
-        """Stop listening and drop idle keep-alive connections, so no handler thread lingers."""
+        """Stop listening, drop idle keep-alive connections so no handler thread lingers, and
+        write the state file, if there is one."""
         super().server_close()
         with self._connections_lock:
             connections = list(self._connections)
         for connection in connections:
             with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
+        state_file = self.simulator.config.state_file
+        if state_file is not None:
+            self.simulator.save_state(state_file)
 
 
 def make_server(
@@ -148,7 +152,8 @@ def make_server(
 def start_in_thread(
     config: SimulatorConfig, host: str = "127.0.0.1", port: int = 0
 ) -> SimulatorServer:
-    """Serve in a daemon thread. The caller stops it with shutdown() then server_close()."""
+    """Serve in a daemon thread. The caller stops it with shutdown() then server_close() (which
+    writes the state file, if any)."""
     server = make_server(config, host, port)
     thread = threading.Thread(
         target=server.serve_forever,

@@ -7,14 +7,18 @@ de-duplication, per-tier rate and active-task limits, credits, and signed result
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import email.utils
 import hashlib
 import hmac
 import itertools
 import json
 import math
+import os
 import random
 import secrets
+import tempfile
 import threading
 import time
 import uuid
@@ -44,6 +48,8 @@ MODEL = "nano-banana-2-text-to-image"
 PROMPT_MAX_LENGTH = 20_000
 OUTPUT_FORMATS = ("png", "jpg")
 CREDIT_COST = {"1K": 1, "2K": 2, "4K": 4}
+
+STATE_VERSION = 1  # of the state file
 
 PENDING_STATES = ("waiting", "queuing", "generating")
 STATES = (*PENDING_STATES, "success", "fail")
@@ -133,6 +139,20 @@ class _Task:
     queries: int = 0
     forgotten: bool = False  # recordInfo answers 404 for it
 
+    def to_state(self, clock_offset: float) -> dict[str, Any]:
+        """The task for the state file, its start as wall-clock time (monotonic + offset)."""
+        return dataclasses.asdict(self) | {"started": self.started + clock_offset}
+
+    @classmethod
+    def from_state(cls, data: dict[str, Any], clock_offset: float) -> _Task:
+        fail, (waiting, queuing, generating) = data["fail"], data["phase_ends"]
+        fields = {
+            "started": data["started"] - clock_offset,
+            "fail": (fail[0], fail[1]) if fail else None,
+            "phase_ends": (waiting, queuing, generating),
+        }
+        return cls(**data | fields)
+
     def state(self, now: float) -> str:
         elapsed = now - self.started
         for state, end in zip(PENDING_STATES, self.phase_ends, strict=True):
@@ -161,10 +181,13 @@ class Simulator:
         self.base_url = ""
         self._lock = threading.Lock()
         self._random = random.Random(config.seed)
-        # Result URLs are signed with a per-process secret, so they cannot be guessed.
+        # Result URLs are signed with a secret of this run (kept in the state file, if any), so
+        # they cannot be guessed.
         self._secret = secrets.token_bytes(32)
         self._images = ImageCache(IMAGE_CACHE_BYTES)
         self._clear()
+        if config.state_file is not None and os.path.exists(config.state_file):
+            self.load_state(config.state_file)
 
     def _clear(self) -> None:
         self._tasks: dict[str, _Task] = {}
@@ -208,6 +231,89 @@ class Simulator:
                 "downloads": self._downloads,
                 "faults": dict(self._faults),
             }
+
+    # The state file ---------------------------------------------------------------------------
+
+    def save_state(self, path: str | os.PathLike[str]) -> None:
+        """Write the tasks, request-ID maps, counters, credits and URL secret to `path`, whole or
+        not at all: into a temporary file beside it, then renamed over it."""
+        with self._lock:
+            state = self._state()
+        directory = os.path.dirname(os.path.abspath(path))
+        fd, temporary = tempfile.mkstemp(prefix=".simulator-state-", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as file:
+                file.write(_dumps(state))
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+
+    def load_state(self, path: str | os.PathLike[str]) -> None:
+        """Carry on from a state file written by `save_state`, replacing every task and count."""
+        try:
+            with open(path, encoding="utf-8") as file:
+                state = json.load(file)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot read the state file {os.fspath(path)}: {e}") from e
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            raise ValueError(f"{os.fspath(path)} is not a state file of this simulator")
+        try:
+            with self._lock:
+                self._restore(state)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"the state file {os.fspath(path)} is damaged: {e!r}") from e
+        self._images.clear()
+
+    def _state(self) -> dict[str, Any]:
+        # Monotonic time means nothing to the next process: the file holds wall-clock times, so
+        # that a task goes on ageing while the server is down.
+        clock_offset = time.time() - time.monotonic()
+        return {
+            "version": STATE_VERSION,
+            "savedAt": _epoch_ms(),
+            "secret": self._secret.hex(),
+            "credits": self.config.credits,
+            "tasks": [task.to_state(clock_offset) for task in self._tasks.values()],
+            "requestIds": [
+                [api_key, request_id, task.task_id]
+                for (api_key, request_id), task in self._tasks_by_request_id.items()
+            ],
+            "markerCalls": [[*identity, calls] for identity, calls in self._marker_calls.items()],
+            "createCalls": self._create_calls,
+            "createCallsByRequestId": self._create_calls_by_request_id,
+            "taskIdsByRequestId": self._task_ids_by_request_id,
+            "queryCalls": self._query_calls,
+            "answers": self._answers,
+            "downloads": self._downloads,
+            "faults": self._faults,
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        clock_offset = time.time() - time.monotonic()
+        self._clear()
+        self._secret = bytes.fromhex(state["secret"])
+        self.config.credits = state["credits"]
+        for data in state["tasks"]:
+            task = _Task.from_state(data, clock_offset)
+            self._tasks[task.task_id] = task
+            self._active.setdefault(task.api_key, []).append(task)
+        for api_key, request_id, task_id in state["requestIds"]:
+            self._tasks_by_request_id[api_key, request_id] = self._tasks[task_id]
+        for api_key, kind, value, calls in state["markerCalls"]:
+            self._marker_calls[api_key, kind, value] = calls
+        self._create_calls = state["createCalls"]
+        self._create_calls_by_request_id = dict(state["createCallsByRequestId"])
+        self._task_ids_by_request_id = {
+            key: list(ids) for key, ids in state["taskIdsByRequestId"].items()
+        }
+        self._query_calls = state["queryCalls"]
+        self._answers = dict(state["answers"])
+        self._downloads = state["downloads"]
+        self._faults = dict(state["faults"])
 
     # HTTP-independent entry point -------------------------------------------------------------
 

@@ -6,10 +6,16 @@ import email.utils
 import io
 import json
 import math
+import os
+import signal
+import socket
 import statistics
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,6 +31,7 @@ from simulator import (
     SimulatorServer,
     Tier,
     image_size,
+    make_server,
     parse_tiers,
     start_in_thread,
 )
@@ -799,6 +806,141 @@ def test_it_sends_empty_fail_code_on_success_when_configured(api, simulator):
     assert record["failCode"] == "" and record["failMsg"] == ""
 
 
+# The state file ----------------------------------------------------------------------------
+
+
+def test_it_carries_on_after_a_restart_with_a_state_file(tmp_path):
+    path = tmp_path / "state.json"
+    server = start_in_thread(SimulatorConfig(speed=0.02, seed=1, credits=20, state_file=path))
+    api = Api(server)
+    done = api.create_task("finished before the stop", request_id="gen-1")
+    record = api.wait(done)
+    url = result_urls(record)[0]
+    assert image_of(api.download(url)).size == (1024, 1024)
+    server.simulator.config.speed = 0.04
+    # About 0.6 s, and 2.5 s for the 4K task: the first ends while the server is down.
+    ends_while_down = api.create_task("ends while the server is down", request_id="gen-2")
+    still_going = api.create_task("still going", resolution="4K", request_id="gen-3")
+    assert api.record(ends_while_down)["state"] == "waiting"
+    before = server.simulator.status()
+    port = server.server_port
+    assert not path.exists()  # written at the stop
+    server.shutdown()
+    server.server_close()
+    assert path.exists()
+    time.sleep(0.7)
+
+    # The new server has a config of its own; the file's credits and tasks win.
+    restarted = start_in_thread(SimulatorConfig(speed=0.02, state_file=path), port=port)
+    try:
+        api = Api(restarted)
+        status = restarted.simulator.status()
+        for name in ("createTask", "tasksByRequestId", "recordInfo", "answers", "downloads"):
+            assert status[name] == before[name], name
+        assert status["credits"] == 20 - 1 - 1 - 4
+        assert status["tasks"] == {
+            "waiting": 0,
+            "queuing": 0,
+            "generating": 1,
+            "success": 2,
+            "fail": 0,
+        }
+
+        assert api.record(done) == record
+        assert api.record(ends_while_down)["state"] == "success"
+        assert api.record(still_going)["state"] == "generating"
+        assert image_of(api.download(url)).size == (1024, 1024)  # signed before the stop
+        assert api.create_task("finished before the stop", request_id="gen-1") == done
+        assert api.create_task("a new one") not in (done, ends_while_down, still_going)
+    finally:
+        restarted.shutdown()
+        restarted.server_close()
+    state = json.loads(path.read_text())
+    assert len(state["tasks"]) == 4 and state["credits"] == 13
+
+
+def test_it_refuses_a_damaged_state_file(tmp_path):
+    path = tmp_path / "state.json"
+    path.write_text('{"version": 1, "tasks": [')
+    with pytest.raises(ValueError, match="state file"):
+        make_server(SimulatorConfig(state_file=path), port=0)
+    path.write_text('{"version": 1}')
+    with pytest.raises(ValueError, match="damaged"):
+        make_server(SimulatorConfig(state_file=path), port=0)
+
+
+# The command line --------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def status_when_up(base_url: str, process: subprocess.Popen[str]) -> dict[str, Any]:
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            return requests.get(base_url + "/_simulator/status", timeout=1).json()
+        except requests.ConnectionError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise AssertionError(f"it did not start: {process.communicate()}") from None
+            time.sleep(0.05)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_it_runs_with_python_m_simulator_until_stopped(tmp_path, stop):
+    port, path = free_port(), tmp_path / "state.json"
+    command = [sys.executable, "-m", "simulator", "--port", str(port), "--speed", "0.02"]
+    command += ["--api-keys", "key-1:pro,key-2", "--state-file", str(path)]
+    # Options win over the environment, which wins over the defaults.
+    env = os.environ | {"SIMULATOR_SPEED": "5", "SIMULATOR_CREDITS": "7"}
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        base_url = f"http://127.0.0.1:{port}"
+        assert status_when_up(base_url, process)["credits"] == 7
+        response = requests.post(
+            base_url + CREATE,
+            json={"model": MODEL, "input": {"prompt": "from the command line"}},
+            headers={"Authorization": "Bearer key-1"},
+            timeout=5,
+        )
+        task_id = assert_envelope(response, 200)["data"]["taskId"]
+        stopped_at = time.monotonic()
+        process.send_signal(stop)
+        out, err = process.communicate(timeout=5)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, err
+    assert time.monotonic() - stopped_at < 3
+    assert f"listening on {base_url}" in out
+    assert "key-1 (pro), key-2 (basic)" in out and "Speed x0.02" in out
+    assert task_id in path.read_text()
+
+
+def run_manage_py(*args: str, debug: bool) -> subprocess.CompletedProcess[str]:
+    env = os.environ | {"DEBUG": "1" if debug else "0"}
+    command = [sys.executable, "manage.py", *args]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_it_is_a_manage_py_command_in_development_only():
+    production = run_manage_py("help", debug=False)
+    assert production.returncode == 0, production.stderr
+    assert "migrate" in production.stdout and "simulator" not in production.stdout
+    development = run_manage_py("simulator", "--help", debug=True)
+    assert development.returncode == 0, development.stderr
+    assert "--state-file" in development.stdout and "--tiers" in development.stdout
+
+
 # Status, unknown paths and concurrency -----------------------------------------------------
 
 
@@ -912,6 +1054,7 @@ def test_it_reads_the_fault_rates_from_the_environment():
             "SIMULATOR_SLOW_ANSWER_SECONDS": "45",
             "SIMULATOR_QUERY_404_RATE": "0.05",
             "SIMULATOR_EXPIRED_RATE": "0.06",
+            "SIMULATOR_STATE_FILE": "/tmp/simulator-state.json",
         }
     )
     assert config == SimulatorConfig(
@@ -922,6 +1065,7 @@ def test_it_reads_the_fault_rates_from_the_environment():
         slow_answer_seconds=45.0,
         query_404_rate=0.05,
         expired_rate=0.06,
+        state_file=Path("/tmp/simulator-state.json"),
     )
     with pytest.raises(ValueError, match="query_404_rate"):
         SimulatorConfig(query_404_rate=-0.1)
