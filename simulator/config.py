@@ -21,7 +21,7 @@ RESOLUTIONS = ("1K", "2K", "4K")
 WAITING_SECONDS = 1.0
 QUEUING_SECONDS = 2.0
 GENERATING_SECONDS = {"1K": 12.0, "2K": 35.0, "4K": 60.0}
-# A task's total seconds at speed 1.0 per resolution: the median, when render_sigma is set.
+# A task's total seconds per resolution at speed 1.0, the middle of its spread; see durations.
 DEFAULT_DURATIONS = {
     resolution: WAITING_SECONDS + QUEUING_SECONDS + generating
     for resolution, generating in GENERATING_SECONDS.items()

@@ -238,12 +238,12 @@ class Simulator:
         """Write the tasks, request-ID maps, counters, credits and URL secret to `path`, whole or
         not at all: into a temporary file beside it, then renamed over it."""
         with self._lock:
-            state = self._state()
+            data = _dumps(self._state())
         directory = os.path.dirname(os.path.abspath(path))
         fd, temporary = tempfile.mkstemp(prefix=".simulator-state-", dir=directory)
         try:
             with os.fdopen(fd, "wb") as file:
-                file.write(_dumps(state))
+                file.write(data)
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(temporary, path)
