@@ -34,7 +34,7 @@ format: install
 	$(VENV)/bin/ruff format .
 
 simulator: install
-	$(PY) manage.py simulator
+	$(PY) -m simulator
 
 bench: install
 	$(PY) benchmarks/bench_simulator.py

@@ -54,6 +54,9 @@ INSTALLED_APPS = [
     "django_ratelimit",
     "gallery",
 ]
+# Development-only commands (`manage.py simulator`), so a production `manage.py help` has none.
+if DEBUG:
+    INSTALLED_APPS.append("devtools")
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",

@@ -33,7 +33,7 @@ from typing import Any
 
 from common import machine_line, percentile
 
-from gallery.simulator import SimulatorConfig, SimulatorServer, start_in_thread
+from simulator import SimulatorConfig, SimulatorServer, start_in_thread
 
 ROOT = Path(__file__).resolve().parent.parent
 MANAGE = [sys.executable, str(ROOT / "manage.py")]

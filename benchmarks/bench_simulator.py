@@ -30,7 +30,7 @@ import requests
 from common import machine_line, percentile
 from PIL import Image
 
-from gallery.simulator import SimulatorConfig, SimulatorServer, start_in_thread
+from simulator import SimulatorConfig, SimulatorServer, start_in_thread
 
 API_KEY = "bench-key"
 CLIENTS = 8

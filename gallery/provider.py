@@ -1,4 +1,4 @@
-"""Client for the Nano Banana 2 text-to-image jobs API (see shared/provider-contract.md).
+"""Client for the Nano Banana 2 text-to-image jobs API (see docs/provider-contract.md).
 
 Two calls: `create_task` and `get_task`. Every error of the contract is its own exception class,
 each carrying the provider's message, so callers decide with `except` clauses rather than by

@@ -25,7 +25,7 @@ if [ -z "${AIGPTIMAGE_API_KEY:-}" ]; then
   export AIGPTIMAGE_API_KEY=sim-key
   export AIGPTIMAGE_BASE_URL="http://127.0.0.1:${SIM_PORT}"
   export AIGPTIMAGE_RESULT_HOSTS_ALLOWED="127.0.0.1:${SIM_PORT}"
-  $PY manage.py simulator --host 127.0.0.1 --port "$SIM_PORT" &
+  $PY -m simulator --host 127.0.0.1 --port "$SIM_PORT" &
   servers+=($!)
   echo "No AIGPTIMAGE_API_KEY set: images come from the provider simulator at ${AIGPTIMAGE_BASE_URL}"
 else

@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gallery.simulator import DEFAULT_API_KEY, SimulatorConfig, SimulatorServer, start_in_thread
+from simulator import DEFAULT_API_KEY, SimulatorConfig, SimulatorServer, start_in_thread
 
 # Simulator fixtures: a fresh provider simulator on loopback for every test that asks for one.
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from gallery.simulator import DEFAULT_API_KEY, SimulatorConfig, start_in_thread
+from simulator import DEFAULT_API_KEY, SimulatorConfig, start_in_thread
 from tests.support import chromium_path, require, stop_processes
 
 pytestmark = pytest.mark.browser

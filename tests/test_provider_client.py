@@ -15,9 +15,10 @@ import requests
 from PIL import Image
 
 from gallery import provider
-from gallery.simulator import DEFAULT_API_KEY, SimulatorConfig
+from simulator import DEFAULT_API_KEY, SimulatorConfig
 
-# Documented output sizes at 1K (provider-contract.md); 2K doubles and 4K quadruples each side.
+# Documented output sizes at 1K (docs/provider-contract.md); 2K doubles and 4K quadruples each
+# side.
 SIZES_1K = {
     "auto": (1024, 1024),
     "1:1": (1024, 1024),

@@ -20,7 +20,7 @@ import urllib3.util.connection
 from PIL import Image, ImageFile
 
 from gallery import provider
-from gallery.simulator import DEFAULT_API_KEY, SimulatorConfig
+from simulator import DEFAULT_API_KEY, SimulatorConfig
 from tests.hostile import HostileServer, bilevel_png
 from tests.support import require
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from gallery.simulator import DEFAULT_API_KEY, SimulatorConfig, start_in_thread
+from simulator import DEFAULT_API_KEY, SimulatorConfig, start_in_thread
 from tests.support import require, stop_processes
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -5,24 +5,35 @@ from __future__ import annotations
 import email.utils
 import io
 import json
+import math
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 from PIL import Image, ImageChops, ImageStat
 
-from gallery import simulator as simulator_module
-from gallery.simulator import (
+from simulator import (
     ASPECT_RATIOS,
     DEFAULT_API_KEY,
     MODEL,
+    TIERS,
     SimulatorConfig,
     SimulatorServer,
     Tier,
     image_size,
+    make_server,
+    parse_tiers,
+    start_in_thread,
 )
 
 CREATE = "/api/v1/jobs/createTask"
@@ -133,6 +144,39 @@ def image_of(response: requests.Response) -> Image.Image:
     image = Image.open(io.BytesIO(response.content))
     image.load()
     return image
+
+
+def epoch_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def finished(api: Api, task_ids: list[str]) -> list[dict[str, Any]]:
+    """The final records of many tasks, polled round by round (the key must allow it)."""
+    records: dict[str, dict[str, Any]] = {}
+    deadline = time.monotonic() + 10
+    while len(records) < len(task_ids):
+        assert time.monotonic() < deadline, f"{len(task_ids) - len(records)} tasks did not finish"
+        for task_id in task_ids:
+            if task_id not in records:
+                record = api.record(task_id)
+                if record["state"] in FINAL_STATES:
+                    records[task_id] = record
+        time.sleep(0.05)
+    return [records[task_id] for task_id in task_ids]
+
+
+# A tier without practical limits, for tests that make many tasks.
+UNLIMITED = {
+    "api_keys": {DEFAULT_API_KEY: "unlimited"},
+    "extra_tiers": parse_tiers("unlimited:1000/1000/1000"),
+}
+
+
+@pytest.fixture
+def fast_api(api, simulator) -> Api:
+    simulator.simulator.config.extra_tiers = UNLIMITED["extra_tiers"]
+    use_tier(simulator, "unlimited")
+    return api
 
 
 # Validation and keys -----------------------------------------------------------------------
@@ -253,6 +297,78 @@ def test_it_draws_visibly_different_colourful_images_for_different_prompts(api):
         assert image.getcolors(maxcolors=1000) is None  # more than a flat box or two
 
 
+# Render time -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("simulator_config", [SimulatorConfig(speed=0.01, seed=2)])
+def test_it_takes_the_documented_time_give_or_take_10_percent_by_default(fast_api):
+    tasks = {
+        resolution: [fast_api.create_task(resolution=resolution) for _ in range(3)]
+        for resolution in ("1K", "2K", "4K")
+    }
+    for resolution, documented in (("1K", 15), ("2K", 38), ("4K", 63)):
+        for record in finished(fast_api, tasks[resolution]):
+            assert 0.9 * documented * 10 <= record["costTime"] <= 1.1 * documented * 10
+
+
+@pytest.mark.parametrize(
+    "simulator_config",
+    # A median of 300 s at speed 0.001: 0.3 s.
+    [SimulatorConfig(speed=0.001, durations={"1K": 300}, render_sigma=0.4, seed=4)],
+)
+def test_it_draws_lognormal_durations_around_the_configured_median(fast_api):
+    task_ids = [fast_api.create_task(f"spread {i}") for i in range(100)]
+    # One look at every task, newest first: whatever state it shows must agree with costTime.
+    seen: list[tuple[str, str, int, int]] = []
+    for task_id in reversed(task_ids):
+        before = epoch_ms()
+        state = fast_api.record(task_id)["state"]
+        seen.append((task_id, state, before, epoch_ms()))
+    records = {record["taskId"]: record for record in finished(fast_api, task_ids)}
+
+    assert {record["state"] for record in records.values()} == {"success"}
+    costs = [records[task_id]["costTime"] for task_id in task_ids]
+    assert abs(statistics.median(costs) / 300 - 1) < 0.15
+    assert 0.25 < statistics.stdev(math.log(cost) for cost in costs) < 0.6
+    for task_id, state, before, after in seen:
+        # costTime is the task's real duration: it ends at createTime + costTime (to the ms).
+        record = records[task_id]
+        end = record["createTime"] + record["costTime"]
+        assert record["completeTime"] == end
+        if state == "success":
+            assert end <= after + 3, (state, end - before)
+        else:
+            assert end >= before - 3, (state, end - before)
+    states = {state for _, state, _, _ in seen}
+    assert "success" in states and states & {"waiting", "queuing", "generating"}
+
+
+# A median of 100 s at speed 0.001 (0.1 s) without spread; a quarter of the tasks 3 times longer.
+TAIL = {"speed": 0.001, "durations": {"1K": 100}, "tail_rate": 0.25, "tail_factor": 3, "seed": 5}
+
+
+@pytest.mark.parametrize("simulator_config", [SimulatorConfig(**TAIL)])
+def test_it_makes_some_tasks_take_tail_factor_times_longer(fast_api):
+    def durations(api: Api) -> list[int]:
+        task_ids = [api.create_task() for _ in range(80)]
+        return [record["costTime"] for record in finished(api, task_ids)]
+
+    costs = durations(fast_api)
+    usual = [cost for cost in costs if cost < 200]
+    tail = [cost for cost in costs if cost >= 200]
+    assert 0.1 < len(tail) / len(costs) < 0.4
+    assert all(90 <= cost <= 110 for cost in usual)
+    assert all(270 <= cost <= 330 for cost in tail)
+
+    # The same seed, the same run.
+    server = start_in_thread(SimulatorConfig(**TAIL, **UNLIMITED))
+    try:
+        assert durations(Api(server)) == costs
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 # Idempotency, limits and credits -------------------------------------------------------------
 
 
@@ -307,7 +423,7 @@ def test_it_rate_limits_queries_of_a_basic_key_at_20_a_second(api):
 
 
 def test_it_rate_limits_over_the_60_second_window(api, monkeypatch):
-    monkeypatch.setitem(simulator_module.TIERS, "basic", Tier(100, 3, 100, 1000, 30))
+    monkeypatch.setitem(TIERS, "basic", Tier(100, 3, 100, 1000, 30))
     for _ in range(3):
         api.create_task()
     response = api.create()
@@ -315,6 +431,34 @@ def test_it_rate_limits_over_the_60_second_window(api, monkeypatch):
     assert (data["limit"], data["windowSeconds"]) == (3, 60)
     assert 55 <= data["retryAfter"] <= 60
     assert response.headers["Retry-After"] == str(data["retryAfter"])
+
+
+def test_it_adds_tiers_with_their_limits(api, simulator):
+    config = SimulatorConfig.from_env(
+        {
+            "SIMULATOR_TIERS": "bench300:300/100/500, Tiny:2/3/4",
+            "SIMULATOR_API_KEYS": "sim-key:tiny",
+        }
+    )
+    assert config.extra_tiers == {
+        "bench300": Tier(100, 6000, 500, 30_000, 300),
+        "tiny": Tier(3, 180, 4, 240, 2),
+    }
+    simulator.simulator.config = config  # speed 1: tasks stay active for about 15 s
+    first = api.create_task("one")
+    api.create_task("two")
+    assert_envelope(api.create("three"), 409, "active task limit exceeded")
+    data = assert_envelope(api.create("four"), 429)["data"]
+    assert (data["limit"], data["tier"], data["windowSeconds"]) == (3, "tiny", 1)
+    for _ in range(4):
+        assert_envelope(api.query(first), 200)
+    data = assert_envelope(api.query(first), 429)["data"]
+    assert (data["limit"], data["tier"], data["windowSeconds"]) == (4, "tiny", 1)
+
+    with pytest.raises(ValueError, match="bench300"):
+        SimulatorConfig(api_keys={"k": "gold"}, extra_tiers=config.extra_tiers)
+    with pytest.raises(ValueError, match="SIMULATOR_TIERS"):
+        SimulatorConfig.from_env({"SIMULATOR_TIERS": "bench:300/100"})
 
 
 def test_it_refuses_beyond_the_active_task_limit_with_409(api, simulator):
@@ -515,6 +659,137 @@ def test_it_fails_every_task_with_fail_rate_1(api, simulator):
     assert record["failCode"] in ("400", "500") and record["failMsg"]
 
 
+def test_it_makes_the_task_before_answering_500_with_error_rate(api, simulator):
+    config = simulator.simulator.config
+    config.error_rate = 1.0
+    assert_envelope(api.create("answer lost", request_id="gen-1"), 500)
+    [task_id] = simulator.simulator.status()["tasksByRequestId"]["gen-1"]
+    config.error_rate = 0.0
+    assert api.create_task("answer lost", request_id="gen-1") == task_id
+    status = simulator.simulator.status()
+    assert status["createTask"]["byRequestId"] == {"gen-1": 2}
+    assert status["tasksCreated"] == 1
+    assert status["faults"] == {"error": 1}
+
+
+def test_it_answers_409_without_making_a_task_with_conflict_rate_1(api, simulator):
+    first = api.create_task("made before", request_id="old")
+    simulator.simulator.config.conflict_rate = 1.0
+    assert_envelope(api.create("refused", request_id="new"), 409, "active task limit exceeded")
+    # A repeat of an X-Request-ID that has its task is not a new task: never refused.
+    assert api.create_task("made before", request_id="old") == first
+    status = simulator.simulator.status()
+    assert status["tasksByRequestId"] == {"old": [first]}
+    assert status["faults"] == {"conflict": 1}
+
+
+def test_it_answers_429_to_any_call_with_rate_limit_rate_1(api, simulator):
+    task_id = api.create_task()
+    simulator.simulator.config.rate_limit_rate = 1.0
+    limits = []
+    for response in (api.create("refused"), api.query(task_id)):
+        data = assert_envelope(response, 429, "rate limit")["data"]
+        assert (data["retryAfter"], data["tier"], data["windowSeconds"]) == (1, "basic", 1)
+        assert response.headers["Retry-After"] == "1"
+        limits.append(data["limit"])
+    assert limits == [5, 20]
+    status = simulator.simulator.status()
+    assert status["tasksCreated"] == 1
+    assert status["faults"] == {"rateLimit": 2}
+
+
+def test_it_cuts_answers_off_after_making_the_task_with_broken_rate_1(api, simulator):
+    config = simulator.simulator.config
+    config.broken_rate = 1.0
+    response = api.create("cut off", request_id="gen-1")
+    assert response.status_code == 200
+    with pytest.raises(ValueError):
+        json.loads(response.content)
+    [task_id] = simulator.simulator.status()["tasksByRequestId"]["gen-1"]
+    response = api.query(task_id)
+    assert response.status_code == 200
+    with pytest.raises(ValueError):
+        json.loads(response.content)
+    config.broken_rate = 0.0
+    assert api.create_task("cut off", request_id="gen-1") == task_id
+    assert simulator.simulator.status()["faults"] == {"broken": 2}
+
+
+def test_it_answers_late_after_making_the_task_with_slow_rate_1(api, simulator):
+    config = simulator.simulator.config
+    config.slow_rate, config.slow_answer_seconds = 1.0, 1.0
+    with pytest.raises(requests.ReadTimeout):
+        api.create("take your time", request_id="gen-1", timeout=0.3)
+    [task_id] = simulator.simulator.status()["tasksByRequestId"]["gen-1"]
+    config.slow_answer_seconds = 0.2
+    started = time.monotonic()
+    assert_envelope(api.query(task_id), 200)
+    assert time.monotonic() - started >= 0.2
+    config.slow_rate = 0.0
+    assert api.create_task("take your time", request_id="gen-1") == task_id
+
+
+def test_it_forgets_a_task_for_good_with_query_404_rate_1(api, simulator):
+    config = simulator.simulator.config
+    task_id = api.create_task("forgotten")
+    config.query_404_rate = 1.0
+    assert_envelope(api.query(task_id), 404, "task not found")
+    config.query_404_rate = 0.0
+    assert_envelope(api.query(task_id), 404, "task not found")
+    assert api.wait(api.create_task("remembered"))["state"] == "success"
+    assert simulator.simulator.status()["faults"] == {"query404": 1}
+
+
+def test_it_hands_out_expired_result_urls_with_expired_rate_1(api, simulator):
+    simulator.simulator.config.expired_rate = 1.0
+    record = api.wait(api.create_task())
+    assert record["state"] == "success"
+    response = api.download(result_urls(record)[0])
+    assert response.status_code == 403
+    assert "expired" in response.text
+
+
+@pytest.mark.parametrize(
+    "simulator_config",
+    [
+        SimulatorConfig(
+            speed=0.02,
+            seed=9,
+            error_rate=0.25,
+            broken_rate=0.25,
+            slow_rate=0.25,
+            slow_answer_seconds=0.02,
+            conflict_rate=0.2,
+            rate_limit_rate=0.2,
+            **UNLIMITED,
+        )
+    ],
+)
+def test_it_keeps_one_task_per_request_id_under_random_create_faults(api, simulator):
+    """A client that retries each generation with its X-Request-ID until it reads a task ID."""
+    task_ids: dict[str, str] = {}
+    attempts: dict[str, int] = {}
+    found_again = 0  # generations whose task was made by a try whose answer was lost
+    for i in range(20):
+        request_id = f"gen-{i}"
+        for attempt in range(1, 50):
+            made = request_id in simulator.simulator.status()["tasksByRequestId"]
+            response = api.create(f"soak {i}", request_id=request_id)
+            try:
+                payload = response.json()
+            except ValueError:
+                continue  # cut off: the task may well have been made
+            if payload["code"] == 200:
+                task_ids[request_id], attempts[request_id] = payload["data"]["taskId"], attempt
+                found_again += made
+                break
+    assert len(task_ids) == 20 and found_again > 0
+    status = simulator.simulator.status()
+    assert status["tasksByRequestId"] == {key: [value] for key, value in task_ids.items()}
+    assert status["createTask"]["byRequestId"] == attempts
+    assert set(status["faults"]) == {"error", "broken", "slow", "conflict", "rateLimit"}
+
+
 def test_it_says_message_instead_of_msg_when_configured(api, simulator):
     simulator.simulator.config.message_key = "message"
     for response, code in ((api.create(resolution="8K"), 422), (api.create(), 200)):
@@ -529,6 +804,141 @@ def test_it_sends_empty_fail_code_on_success_when_configured(api, simulator):
     record = api.wait(api.create_task())
     assert record["state"] == "success"
     assert record["failCode"] == "" and record["failMsg"] == ""
+
+
+# The state file ----------------------------------------------------------------------------
+
+
+def test_it_carries_on_after_a_restart_with_a_state_file(tmp_path):
+    path = tmp_path / "state.json"
+    server = start_in_thread(SimulatorConfig(speed=0.02, seed=1, credits=20, state_file=path))
+    api = Api(server)
+    done = api.create_task("finished before the stop", request_id="gen-1")
+    record = api.wait(done)
+    url = result_urls(record)[0]
+    assert image_of(api.download(url)).size == (1024, 1024)
+    server.simulator.config.speed = 0.04
+    # About 0.6 s, and 2.5 s for the 4K task: the first ends while the server is down.
+    ends_while_down = api.create_task("ends while the server is down", request_id="gen-2")
+    still_going = api.create_task("still going", resolution="4K", request_id="gen-3")
+    assert api.record(ends_while_down)["state"] == "waiting"
+    before = server.simulator.status()
+    port = server.server_port
+    assert not path.exists()  # written at the stop
+    server.shutdown()
+    server.server_close()
+    assert path.exists()
+    time.sleep(0.7)
+
+    # The new server has a config of its own; the file's credits and tasks win.
+    restarted = start_in_thread(SimulatorConfig(speed=0.02, state_file=path), port=port)
+    try:
+        api = Api(restarted)
+        status = restarted.simulator.status()
+        for name in ("createTask", "tasksByRequestId", "recordInfo", "answers", "downloads"):
+            assert status[name] == before[name], name
+        assert status["credits"] == 20 - 1 - 1 - 4
+        assert status["tasks"] == {
+            "waiting": 0,
+            "queuing": 0,
+            "generating": 1,
+            "success": 2,
+            "fail": 0,
+        }
+
+        assert api.record(done) == record
+        assert api.record(ends_while_down)["state"] == "success"
+        assert api.record(still_going)["state"] == "generating"
+        assert image_of(api.download(url)).size == (1024, 1024)  # signed before the stop
+        assert api.create_task("finished before the stop", request_id="gen-1") == done
+        assert api.create_task("a new one") not in (done, ends_while_down, still_going)
+    finally:
+        restarted.shutdown()
+        restarted.server_close()
+    state = json.loads(path.read_text())
+    assert len(state["tasks"]) == 4 and state["credits"] == 13
+
+
+def test_it_refuses_a_damaged_state_file(tmp_path):
+    path = tmp_path / "state.json"
+    path.write_text('{"version": 1, "tasks": [')
+    with pytest.raises(ValueError, match="state file"):
+        make_server(SimulatorConfig(state_file=path), port=0)
+    path.write_text('{"version": 1}')
+    with pytest.raises(ValueError, match="damaged"):
+        make_server(SimulatorConfig(state_file=path), port=0)
+
+
+# The command line --------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def status_when_up(base_url: str, process: subprocess.Popen[str]) -> dict[str, Any]:
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            return requests.get(base_url + "/_simulator/status", timeout=1).json()
+        except requests.ConnectionError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise AssertionError(f"it did not start: {process.communicate()}") from None
+            time.sleep(0.05)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_it_runs_with_python_m_simulator_until_stopped(tmp_path, stop):
+    port, path = free_port(), tmp_path / "state.json"
+    command = [sys.executable, "-m", "simulator", "--port", str(port), "--speed", "0.02"]
+    command += ["--api-keys", "key-1:pro,key-2", "--state-file", str(path)]
+    # Options win over the environment, which wins over the defaults.
+    env = os.environ | {"SIMULATOR_SPEED": "5", "SIMULATOR_CREDITS": "7"}
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        base_url = f"http://127.0.0.1:{port}"
+        assert status_when_up(base_url, process)["credits"] == 7
+        response = requests.post(
+            base_url + CREATE,
+            json={"model": MODEL, "input": {"prompt": "from the command line"}},
+            headers={"Authorization": "Bearer key-1"},
+            timeout=5,
+        )
+        task_id = assert_envelope(response, 200)["data"]["taskId"]
+        stopped_at = time.monotonic()
+        process.send_signal(stop)
+        out, err = process.communicate(timeout=5)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, err
+    assert time.monotonic() - stopped_at < 3
+    assert f"listening on {base_url}" in out
+    assert "key-1 (pro), key-2 (basic)" in out and "Speed x0.02" in out
+    assert task_id in path.read_text()
+
+
+def run_manage_py(*args: str, debug: bool) -> subprocess.CompletedProcess[str]:
+    env = os.environ | {"DEBUG": "1" if debug else "0"}
+    command = [sys.executable, "manage.py", *args]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_it_is_a_manage_py_command_in_development_only():
+    production = run_manage_py("help", debug=False)
+    assert production.returncode == 0, production.stderr
+    assert "migrate" in production.stdout and "simulator" not in production.stdout
+    development = run_manage_py("simulator", "--help", debug=True)
+    assert development.returncode == 0, development.stderr
+    assert "--state-file" in development.stdout and "--tiers" in development.stdout
 
 
 # Status, unknown paths and concurrency -----------------------------------------------------
@@ -614,3 +1024,48 @@ def test_it_reads_its_config_from_the_environment():
         SimulatorConfig.from_env({"SIMULATOR_SPEED": "fast"})
     with pytest.raises(ValueError, match="tier"):
         SimulatorConfig.from_env({"SIMULATOR_API_KEYS": "k:gold"})
+
+
+def test_it_reads_the_render_time_from_the_environment():
+    config = SimulatorConfig.from_env(
+        {
+            "SIMULATOR_DURATIONS": "1k=12, 4K=90",
+            "SIMULATOR_RENDER_SIGMA": "0.35",
+            "SIMULATOR_TAIL_RATE": "0.05",
+            "SIMULATOR_TAIL_FACTOR": "3",
+        }
+    )
+    assert config.durations == {"1K": 12.0, "2K": 38.0, "4K": 90.0}
+    assert (config.render_sigma, config.tail_rate, config.tail_factor) == (0.35, 0.05, 3.0)
+    assert SimulatorConfig().durations == {"1K": 15.0, "2K": 38.0, "4K": 63.0}
+    with pytest.raises(ValueError, match="SIMULATOR_DURATIONS"):
+        SimulatorConfig.from_env({"SIMULATOR_DURATIONS": "8K=100"})
+    with pytest.raises(ValueError, match="tail_rate"):
+        SimulatorConfig(tail_rate=1.5)
+
+
+def test_it_reads_the_fault_rates_from_the_environment():
+    config = SimulatorConfig.from_env(
+        {
+            "SIMULATOR_CONFLICT_RATE": "0.01",
+            "SIMULATOR_RATE_LIMIT_RATE": "0.02",
+            "SIMULATOR_BROKEN_RATE": "0.03",
+            "SIMULATOR_SLOW_RATE": "0.04",
+            "SIMULATOR_SLOW_ANSWER_SECONDS": "45",
+            "SIMULATOR_QUERY_404_RATE": "0.05",
+            "SIMULATOR_EXPIRED_RATE": "0.06",
+            "SIMULATOR_STATE_FILE": "/tmp/simulator-state.json",
+        }
+    )
+    assert config == SimulatorConfig(
+        conflict_rate=0.01,
+        rate_limit_rate=0.02,
+        broken_rate=0.03,
+        slow_rate=0.04,
+        slow_answer_seconds=45.0,
+        query_404_rate=0.05,
+        expired_rate=0.06,
+        state_file=Path("/tmp/simulator-state.json"),
+    )
+    with pytest.raises(ValueError, match="query_404_rate"):
+        SimulatorConfig(query_404_rate=-0.1)

@@ -1,75 +1,59 @@
-"""A faithful, offline stand-in for the Nano Banana 2 text-to-image jobs API.
+"""The provider's state and rules, independent of HTTP: tasks, limits, de-duplication, counters.
 
-A real threaded HTTP server on loopback that speaks /work/shared/provider-contract.md exactly:
-Bearer keys, validation, the state walk, X-Request-ID de-duplication, per-tier rate and
-active-task limits, credits, signed result URLs that expire, and real PNG/JPEG images of the
-documented size. Faults are switched on for the whole server by `SimulatorConfig` or for one
-task by markers in its prompt (`[sim:fail]`, `[sim:500=2]`…). docs/simulator.md is the reference.
-
-It deliberately imports nothing from Django or from the app's provider client: it is the other
-side of the contract, so a drift between the two shows up as a failing test instead of hiding.
+`Simulator.handle` takes a `Request` and gives a `Reply`; `simulator.server` puts it on the wire.
+It speaks docs/provider-contract.md: Bearer keys, validation, the state walk, X-Request-ID
+de-duplication, per-tier rate and active-task limits, credits, and signed result URLs that expire.
 """
 
 from __future__ import annotations
 
-import colorsys
 import contextlib
+import dataclasses
 import email.utils
-import functools
 import hashlib
 import hmac
-import io
+import itertools
 import json
 import math
 import os
 import random
-import re
 import secrets
-import socket
-import socketserver
-import sys
+import tempfile
 import threading
 import time
-import traceback
 import uuid
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from simulator.config import (
+    GENERATING_SECONDS,
+    JITTER,
+    QUEUING_SECONDS,
+    RESOLUTIONS,
+    WAITING_SECONDS,
+    SimulatorConfig,
+    parse_markers,
+)
+from simulator.images import (
+    ASPECT_RATIOS,
+    IMAGE_CACHE_BYTES,
+    ImageCache,
+    image_size,
+    render_image,
+)
 
-DEFAULT_API_KEY = "sim-key"
 MODEL = "nano-banana-2-text-to-image"
 PROMPT_MAX_LENGTH = 20_000
 OUTPUT_FORMATS = ("png", "jpg")
-RESOLUTIONS = ("1K", "2K", "4K")
-ASPECT_RATIOS = (
-    "auto", "1:1", "1:4", "1:8", "2:3", "3:2", "3:4", "4:1",
-    "4:3", "4:5", "5:4", "8:1", "9:16", "16:9", "21:9",
-)  # fmt: skip
-SIZES_1K = {
-    "1:1": (1024, 1024), "2:3": (848, 1264), "3:2": (1264, 848), "3:4": (896, 1200),
-    "4:3": (1200, 896), "4:5": (928, 1152), "5:4": (1152, 928), "9:16": (768, 1376),
-    "16:9": (1376, 768), "21:9": (1584, 672), "1:4": (512, 2048), "4:1": (2048, 512),
-    "1:8": (384, 3072), "8:1": (3072, 384),
-}  # fmt: skip
-RESOLUTION_SCALE = {"1K": 1, "2K": 2, "4K": 4}
 CREDIT_COST = {"1K": 1, "2K": 2, "4K": 4}
 
-# Seconds per state at speed 1.0, from the contract's "about 10-20 s at 1K, 30-40 s at 2K…".
-WAITING_SECONDS = 1.0
-QUEUING_SECONDS = 2.0
-GENERATING_SECONDS = {"1K": 12.0, "2K": 35.0, "4K": 60.0}
-JITTER = 0.1
+STATE_VERSION = 1  # of the state file
 
 PENDING_STATES = ("waiting", "queuing", "generating")
 STATES = (*PENDING_STATES, "success", "fail")
-TIER_NAMES = ("free", "basic", "standard", "pro")
 
-MARKER_RE = re.compile(r"\[sim:([a-z0-9-]+)(?:=([^\]\s]*))?\]", re.IGNORECASE)
 # Markers that make createTask answer an error code, checked in this order; each takes an
 # optional `=N` (only the first N calls) and otherwise applies to every call.
 CREATE_ERROR_MARKERS = (
@@ -91,115 +75,10 @@ CREATE_ERROR_MESSAGES = {
 CONTENT_POLICY_MESSAGE = (
     "The prompt or the generated image was flagged by the content policy. Please revise it."
 )
-MAX_BODY_BYTES = 1_000_000
-# The drawing is made at about this many pixels, then upscaled: a 4K image stays quick.
-DRAW_PIXELS = 262_144
-IMAGE_CACHE_BYTES = 256 * 1024 * 1024
 BROKEN_PAGE = (
     b"<html><head><title>502 Bad Gateway</title></head><body>"
     b"<center><h1>502 Bad Gateway</h1></center><hr><center>nginx</center></body></html>\n"
 )
-
-
-@dataclass(frozen=True)
-class Tier:
-    create_per_second: int
-    create_per_minute: int
-    query_per_second: int
-    query_per_minute: int
-    active_tasks: int
-
-    def limits(self, kind: str) -> tuple[tuple[int, int], ...]:
-        """(window seconds, allowed calls) for "create" or "query", widest window first."""
-        if kind == "create":
-            return ((60, self.create_per_minute), (1, self.create_per_second))
-        return ((60, self.query_per_minute), (1, self.query_per_second))
-
-
-TIERS = {
-    "free": Tier(1, 10, 2, 60, 1),
-    "basic": Tier(5, 180, 20, 1000, 5),
-    "standard": Tier(10, 600, 50, 3000, 15),
-    "pro": Tier(20, 1200, 100, 6000, 30),
-}
-
-
-def parse_api_keys(text: str) -> dict[str, str]:
-    """`"sim-key:basic,other:free"` -> {"sim-key": "basic", "other": "free"}; the tier defaults
-    to basic."""
-    keys: dict[str, str] = {}
-    for item in text.split(","):
-        key, _, tier = item.strip().partition(":")
-        if key.strip():
-            keys[key.strip()] = tier.strip().lower() or "basic"
-    return keys
-
-
-def _env_bool(value: str) -> bool:
-    return value.strip().lower() in ("1", "true", "yes", "on")
-
-
-@dataclass
-class SimulatorConfig:
-    api_keys: dict[str, str] = field(default_factory=lambda: {DEFAULT_API_KEY: "basic"})
-    speed: float = 1.0
-    credits: int | None = None
-    fail_rate: float = 0.0
-    error_rate: float = 0.0
-    slow_seconds: float = 0.0
-    result_ttl: float = 86400.0
-    message_key: str = "msg"
-    empty_fail_code: bool = False
-    seed: int | None = None
-    verbose: bool = False
-
-    def __post_init__(self) -> None:
-        unknown = {tier for tier in self.api_keys.values() if tier not in TIERS}
-        if unknown:
-            raise ValueError(f"unknown tier {sorted(unknown)}; use one of {', '.join(TIERS)}")
-        if self.speed <= 0:
-            raise ValueError("speed must be greater than 0")
-        if not (0 <= self.fail_rate <= 1 and 0 <= self.error_rate <= 1):
-            raise ValueError("fail_rate and error_rate must be between 0 and 1")
-        if self.message_key not in ("msg", "message"):
-            raise ValueError('message_key must be "msg" or "message"')
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> SimulatorConfig:
-        config: dict[str, Any] = {}
-        readers: dict[str, tuple[str, Any]] = {
-            "SIMULATOR_API_KEYS": ("api_keys", parse_api_keys),
-            "SIMULATOR_SPEED": ("speed", float),
-            "SIMULATOR_CREDITS": ("credits", int),
-            "SIMULATOR_FAIL_RATE": ("fail_rate", float),
-            "SIMULATOR_ERROR_RATE": ("error_rate", float),
-            "SIMULATOR_SLOW_SECONDS": ("slow_seconds", float),
-            "SIMULATOR_RESULT_TTL": ("result_ttl", float),
-            "SIMULATOR_MESSAGE_KEY": ("message_key", str.strip),
-            "SIMULATOR_EMPTY_FAIL_CODE": ("empty_fail_code", _env_bool),
-            "SIMULATOR_SEED": ("seed", int),
-            "SIMULATOR_VERBOSE": ("verbose", _env_bool),
-        }
-        for name, (attribute, read) in readers.items():
-            value = environ.get(name, "")
-            if value.strip():
-                try:
-                    config[attribute] = read(value)
-                except ValueError as e:
-                    raise ValueError(f"{name}={value!r} is not valid: {e}") from e
-        return cls(**config)
-
-
-def image_size(aspect_ratio: str, resolution: str) -> tuple[int, int]:
-    """The documented (width, height) of an image; `auto` is 1:1 for text-to-image."""
-    width, height = SIZES_1K["1:1" if aspect_ratio == "auto" else aspect_ratio]
-    scale = RESOLUTION_SCALE[resolution]
-    return width * scale, height * scale
-
-
-def parse_markers(prompt: str) -> dict[str, str | None]:
-    """`[sim:NAME]` and `[sim:NAME=VALUE]` anywhere in the prompt, names case-insensitive."""
-    return {m.group(1).lower(): m.group(2) for m in MARKER_RE.finditer(prompt)}
 
 
 def _marker_count(value: str | None) -> float:
@@ -256,7 +135,23 @@ class _Task:
     started: float  # time.monotonic() at creation
     create_time: int  # epoch ms
     phase_ends: tuple[float, float, float]  # seconds after creation: waiting, queuing, generating
+    expired: bool = False  # its result URLs have expired before they are handed out
     queries: int = 0
+    forgotten: bool = False  # recordInfo answers 404 for it
+
+    def to_state(self, clock_offset: float) -> dict[str, Any]:
+        """The task for the state file, its start as wall-clock time (monotonic + offset)."""
+        return dataclasses.asdict(self) | {"started": self.started + clock_offset}
+
+    @classmethod
+    def from_state(cls, data: dict[str, Any], clock_offset: float) -> _Task:
+        fail, (waiting, queuing, generating) = data["fail"], data["phase_ends"]
+        fields = {
+            "started": data["started"] - clock_offset,
+            "fail": (fail[0], fail[1]) if fail else None,
+            "phase_ends": (waiting, queuing, generating),
+        }
+        return cls(**data | fields)
 
     def state(self, now: float) -> str:
         elapsed = now - self.started
@@ -277,38 +172,6 @@ class _Task:
         return min(8, max(1, int(value))) if value and value.isdigit() else 2
 
 
-class _ImageCache:
-    """A small LRU of encoded images, bounded in bytes, so repeated downloads cost nothing."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[tuple[str, int], bytes] = OrderedDict()
-        self._size = 0
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple[str, int]) -> bytes | None:
-        with self._lock:
-            data = self._items.get(key)
-            if data is not None:
-                self._items.move_to_end(key)
-            return data
-
-    def put(self, key: tuple[str, int], data: bytes) -> None:
-        with self._lock:
-            if key in self._items or len(data) > self.max_bytes:
-                return
-            self._items[key] = data
-            self._size += len(data)
-            while self._size > self.max_bytes:
-                _, dropped = self._items.popitem(last=False)
-                self._size -= len(dropped)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-            self._size = 0
-
-
 class Simulator:
     """The provider's state and logic, independent of HTTP. Thread-safe behind one lock."""
 
@@ -318,10 +181,13 @@ class Simulator:
         self.base_url = ""
         self._lock = threading.Lock()
         self._random = random.Random(config.seed)
-        # Result URLs are signed with a per-process secret, so they cannot be guessed.
+        # Result URLs are signed with a secret of this run (kept in the state file, if any), so
+        # they cannot be guessed.
         self._secret = secrets.token_bytes(32)
-        self._images = _ImageCache(IMAGE_CACHE_BYTES)
+        self._images = ImageCache(IMAGE_CACHE_BYTES)
         self._clear()
+        if config.state_file is not None and os.path.exists(config.state_file):
+            self.load_state(config.state_file)
 
     def _clear(self) -> None:
         self._tasks: dict[str, _Task] = {}
@@ -335,6 +201,7 @@ class Simulator:
         self._query_calls = 0
         self._answers: dict[str, int] = {}
         self._downloads = 0
+        self._faults: dict[str, int] = {}
 
     def reset(self) -> None:
         """Forget every task and counter; the config (and so the credit balance) stays."""
@@ -362,7 +229,91 @@ class Simulator:
                 "tasks": states,
                 "credits": self.config.credits,
                 "downloads": self._downloads,
+                "faults": dict(self._faults),
             }
+
+    # The state file ---------------------------------------------------------------------------
+
+    def save_state(self, path: str | os.PathLike[str]) -> None:
+        """Write the tasks, request-ID maps, counters, credits and URL secret to `path`, whole or
+        not at all: into a temporary file beside it, then renamed over it."""
+        with self._lock:
+            data = _dumps(self._state())
+        directory = os.path.dirname(os.path.abspath(path))
+        fd, temporary = tempfile.mkstemp(prefix=".simulator-state-", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as file:
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+
+    def load_state(self, path: str | os.PathLike[str]) -> None:
+        """Carry on from a state file written by `save_state`, replacing every task and count."""
+        try:
+            with open(path, encoding="utf-8") as file:
+                state = json.load(file)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot read the state file {os.fspath(path)}: {e}") from e
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            raise ValueError(f"{os.fspath(path)} is not a state file of this simulator")
+        try:
+            with self._lock:
+                self._restore(state)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"the state file {os.fspath(path)} is damaged: {e!r}") from e
+        self._images.clear()
+
+    def _state(self) -> dict[str, Any]:
+        # Monotonic time means nothing to the next process: the file holds wall-clock times, so
+        # that a task goes on ageing while the server is down.
+        clock_offset = time.time() - time.monotonic()
+        return {
+            "version": STATE_VERSION,
+            "savedAt": _epoch_ms(),
+            "secret": self._secret.hex(),
+            "credits": self.config.credits,
+            "tasks": [task.to_state(clock_offset) for task in self._tasks.values()],
+            "requestIds": [
+                [api_key, request_id, task.task_id]
+                for (api_key, request_id), task in self._tasks_by_request_id.items()
+            ],
+            "markerCalls": [[*identity, calls] for identity, calls in self._marker_calls.items()],
+            "createCalls": self._create_calls,
+            "createCallsByRequestId": self._create_calls_by_request_id,
+            "taskIdsByRequestId": self._task_ids_by_request_id,
+            "queryCalls": self._query_calls,
+            "answers": self._answers,
+            "downloads": self._downloads,
+            "faults": self._faults,
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        clock_offset = time.time() - time.monotonic()
+        self._clear()
+        self._secret = bytes.fromhex(state["secret"])
+        self.config.credits = state["credits"]
+        for data in state["tasks"]:
+            task = _Task.from_state(data, clock_offset)
+            self._tasks[task.task_id] = task
+            self._active.setdefault(task.api_key, []).append(task)
+        for api_key, request_id, task_id in state["requestIds"]:
+            self._tasks_by_request_id[api_key, request_id] = self._tasks[task_id]
+        for api_key, kind, value, calls in state["markerCalls"]:
+            self._marker_calls[api_key, kind, value] = calls
+        self._create_calls = state["createCalls"]
+        self._create_calls_by_request_id = dict(state["createCallsByRequestId"])
+        self._task_ids_by_request_id = {
+            key: list(ids) for key, ids in state["taskIdsByRequestId"].items()
+        }
+        self._query_calls = state["queryCalls"]
+        self._answers = dict(state["answers"])
+        self._downloads = state["downloads"]
+        self._faults = dict(state["faults"])
 
     # HTTP-independent entry point -------------------------------------------------------------
 
@@ -378,7 +329,7 @@ class Simulator:
         if not path.startswith("/api/v1/"):
             return self._envelope(404, "not found")
         with self._lock:
-            reply = self._api(request)
+            reply = self._answer_fault(self._api(request))
             self._answers[str(reply.status)] = self._answers.get(str(reply.status), 0) + 1
         reply.delay += self.config.slow_seconds
         return reply
@@ -400,14 +351,38 @@ class Simulator:
         route = routes.get(request.path)
         if route is not None and route[0] == request.method:
             return route[1](request)
-        if self._random.random() < self.config.error_rate:
-            return self.internal_error()
         _, refusal = self._authorize(request)
         if refusal is not None:
             return refusal
         if route is None:
             return self._envelope(404, "not found")
         return self._envelope(405, f"method {request.method} not allowed")
+
+    def _answer_fault(self, reply: Reply) -> Reply:
+        """The server-wide faults of an answer: 500, cut off, late.
+
+        They strike once the call has been carried out, as when an answer is lost on its way
+        back: a createTask answered so has made its task, and a retry with the same X-Request-ID
+        finds it.
+        """
+        config = self.config
+        if self._chance(config.error_rate, "error"):
+            reply = self._envelope(500, "internal server error", delay=reply.delay)
+        elif self._chance(config.broken_rate, "broken"):
+            reply = self._cut_off(reply.delay)
+        if self._chance(config.slow_rate, "slow"):
+            reply.delay += config.slow_answer_seconds
+        return reply
+
+    def _chance(self, rate: float, fault: str | None = None) -> bool:
+        """True for about `rate` of the calls, from the seeded generator; no draw at rate 0, so
+        a fault switched off leaves every other draw of a seeded run as it was. The faults that
+        strike are counted for the status."""
+        if rate <= 0 or self._random.random() >= rate:
+            return False
+        if fault is not None:
+            self._faults[fault] = self._faults.get(fault, 0) + 1
+        return True
 
     def _authorize(self, request: Request) -> tuple[str, Reply | None]:
         scheme, _, key = request.headers.get("Authorization", "").strip().partition(" ")
@@ -425,23 +400,29 @@ class Simulator:
         calls = self._windows.setdefault((api_key, kind), deque())
         while calls and calls[0] <= now - 60:
             calls.popleft()
-        for window, limit in TIERS[tier_name].limits(kind):
+        limits = self.config.tier(tier_name).limits(kind)
+        for window, limit in limits:
             in_window = [t for t in calls if t > now - window] if window < 60 else list(calls)
             if len(in_window) >= limit:
                 # The call may go once enough of the calls in the window have left it.
                 leaves_at = in_window[len(in_window) - limit] + window
-                retry_after = max(1, math.ceil(leaves_at - now))
-                data = {
-                    "retryAfter": retry_after,
-                    "limit": limit,
-                    "tier": tier_name,
-                    "windowSeconds": window,
-                }
-                return self._envelope(
-                    429, "rate limit exceeded", data, headers={"Retry-After": str(retry_after)}
-                )
+                return self._too_many(tier_name, limit, window, max(1, math.ceil(leaves_at - now)))
+        if self._chance(self.config.rate_limit_rate, "rateLimit"):
+            _, per_second = limits[-1]
+            return self._too_many(tier_name, per_second, 1, 1)
         calls.append(now)
         return None
+
+    def _too_many(self, tier_name: str, limit: int, window: int, retry_after: int) -> Reply:
+        data = {
+            "retryAfter": retry_after,
+            "limit": limit,
+            "tier": tier_name,
+            "windowSeconds": window,
+        }
+        return self._envelope(
+            429, "rate limit exceeded", data, headers={"Retry-After": str(retry_after)}
+        )
 
     def _create_task(self, request: Request) -> Reply:
         self._create_calls += 1
@@ -449,8 +430,6 @@ class Simulator:
         if request_id:
             by_id = self._create_calls_by_request_id
             by_id[request_id] = by_id.get(request_id, 0) + 1
-        if self._random.random() < self.config.error_rate:
-            return self.internal_error()
         api_key, refusal = self._authorize(request)
         if refusal is not None:
             return refusal
@@ -477,11 +456,11 @@ class Simulator:
             task = self._tasks_by_request_id[api_key, request_id]
             return self._envelope(200, "success", {"taskId": task.task_id}, delay=delay)
 
-        tier = TIERS[self.config.api_keys[api_key]]
+        tier = self.config.tier(self.config.api_keys[api_key])
         now = time.monotonic()
         active = [t for t in self._active.get(api_key, []) if t.state(now) in PENDING_STATES]
         self._active[api_key] = active
-        if len(active) >= tier.active_tasks:
+        if len(active) >= tier.active_tasks or self._chance(self.config.conflict_rate, "conflict"):
             return self._envelope(409, "active task limit exceeded", delay=delay)
         resolution = task_input.get("resolution") or "1K"
         cost = CREDIT_COST[resolution]
@@ -545,13 +524,8 @@ class Simulator:
             code = int(name[:3])
             if name == "429":
                 tier_name = self.config.api_keys[api_key]
-                data = {
-                    "retryAfter": 1,
-                    "limit": TIERS[tier_name].create_per_second,
-                    "tier": tier_name,
-                    "windowSeconds": 1,
-                }
-                return self._envelope(429, "rate limit exceeded", data, {"Retry-After": "1"})
+                limit = self.config.tier(tier_name).create_per_second
+                return self._too_many(tier_name, limit, 1, 1)
             if name == "429-header":
                 return self._envelope(429, "rate limit exceeded", headers={"Retry-After": "1"})
             if name == "429-date":
@@ -571,19 +545,17 @@ class Simulator:
     ) -> _Task:
         task_input = body["input"]
         resolution = task_input.get("resolution") or "1K"
-        speed = self.config.speed
-        phases = (WAITING_SECONDS, QUEUING_SECONDS, GENERATING_SECONDS[resolution])
-        ends: list[float] = []
-        for seconds in phases:
-            jittered = seconds * speed * self._random.uniform(1 - JITTER, 1 + JITTER)
-            ends.append((ends[-1] if ends else 0.0) + jittered)
+        ends = self._phase_ends(resolution)
         fail: tuple[str, str] | None = None
         if "fail500" in markers:
             fail = ("500", "internal error")
         elif "fail" in markers:
             fail = ("400", CONTENT_POLICY_MESSAGE)
-        elif self._random.random() < self.config.fail_rate:
+        elif self._chance(self.config.fail_rate, "fail"):
             fail = self._random.choice((("400", CONTENT_POLICY_MESSAGE), ("500", "internal error")))
+        expired = "expired" in markers or (
+            fail is None and self._chance(self.config.expired_rate, "expired")
+        )
         task = _Task(
             task_id=f"task_{uuid.uuid4().hex}",
             api_key=api_key,
@@ -597,7 +569,8 @@ class Simulator:
             fail=fail,
             started=now,
             create_time=_epoch_ms(),
-            phase_ends=(ends[0], ends[1], ends[2]),
+            phase_ends=ends,
+            expired=expired,
         )
         self._tasks[task.task_id] = task
         if request_id:
@@ -605,10 +578,27 @@ class Simulator:
             self._task_ids_by_request_id.setdefault(request_id, []).append(task.task_id)
         return task
 
+    def _phase_ends(self, resolution: str) -> tuple[float, float, float]:
+        """When waiting, queuing and generating end, in seconds after creation."""
+        config = self.config
+        phases = (WAITING_SECONDS, QUEUING_SECONDS, GENERATING_SECONDS[resolution])
+        # Each state takes its share of the total that the documented seconds give it.
+        shares = [seconds / sum(phases) for seconds in phases]
+        median = config.durations[resolution] * config.speed
+        if config.render_sigma > 0:
+            total = median * self._random.lognormvariate(0.0, config.render_sigma)
+            seconds = [share * total for share in shares]
+        else:
+            seconds = [
+                share * median * self._random.uniform(1 - JITTER, 1 + JITTER) for share in shares
+            ]
+        if self._chance(config.tail_rate):
+            seconds = [s * config.tail_factor for s in seconds]
+        waiting, queuing, generating = itertools.accumulate(seconds)
+        return waiting, queuing, generating
+
     def _record_info(self, request: Request) -> Reply:
         self._query_calls += 1
-        if self._random.random() < self.config.error_rate:
-            return self.internal_error()
         api_key, refusal = self._authorize(request)
         if refusal is not None:
             return refusal
@@ -622,16 +612,16 @@ class Simulator:
         if task is None or task.api_key != api_key:
             return self._envelope(404, "task not found")
         task.queries += 1
+        if not task.forgotten and self._chance(self.config.query_404_rate, "query404"):
+            task.forgotten = True  # from now on, as if the provider had lost it
         markers = task.markers
         delay = _marker_seconds(markers.get("slow"))
-        if "query404" in markers:
+        if "query404" in markers or task.forgotten:
             return self._envelope(404, "task not found", delay=delay)
         if task.queries <= _marker_count(markers.get("query500", "0")):
             return self._envelope(500, "internal server error", delay=delay)
         if "broken-query" in markers:
-            # Cut off mid-answer, as a dropped proxy connection leaves it.
-            broken = f'{{"code": 200, "{self.config.message_key}": "success", "data": {{"taskId'
-            return Reply(200, broken.encode(), delay=delay)
+            return self._cut_off(delay)
         host = request.headers.get("Host", "")
         return self._envelope(200, "success", self._record(task, host), delay=delay)
 
@@ -658,7 +648,7 @@ class Simulator:
         }
         if succeeded:
             # The expiry counts from completion in real time: result_ttl is not scaled by speed.
-            if "expired" in task.markers:
+            if task.expired:
                 expires = complete_time
             else:
                 expires = complete_time + round(self.config.result_ttl * 1000)
@@ -732,6 +722,11 @@ class Simulator:
         body = {"code": code, self.config.message_key: message, "data": data}
         return Reply(code, _dumps(body), headers=headers or {}, delay=delay)
 
+    def _cut_off(self, delay: float = 0.0) -> Reply:
+        """An answer cut off mid-JSON with HTTP 200, as a dropped proxy connection leaves it."""
+        body = f'{{"code": 200, "{self.config.message_key}": "success", "data": {{"taskId'
+        return Reply(200, body.encode(), delay=delay)
+
     @staticmethod
     def _json(status: int, payload: Any) -> Reply:
         return Reply(status, _dumps(payload))
@@ -739,246 +734,3 @@ class Simulator:
 
 def _dumps(payload: Any) -> bytes:
     return json.dumps(payload, ensure_ascii=False).encode()
-
-
-# Images --------------------------------------------------------------------------------------
-
-
-def _colour(hue: float, lightness: float, saturation: float) -> tuple[int, int, int]:
-    red, green, blue = colorsys.hls_to_rgb(hue % 1.0, lightness, saturation)
-    return round(red * 255), round(green * 255), round(blue * 255)
-
-
-@functools.lru_cache(maxsize=64)
-def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    # Pillow's bundled font: no system font needed, scalable when FreeType is there.
-    return ImageFont.load_default(size=size)
-
-
-def _caption_lines(draw: ImageDraw.ImageDraw, text: str, font: Any, max_width: float) -> list[str]:
-    lines: list[str] = []
-    for word in text.split():
-        if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= max_width:
-            lines[-1] = f"{lines[-1]} {word}"
-        elif len(lines) == 3:
-            break
-        else:
-            lines.append(word)
-    return lines
-
-
-def render_image(
-    prompt: str, width: int, height: int, output_format: str, *, variant: str = ""
-) -> bytes:
-    """A colourful picture of exactly width x height, derived from a hash of the prompt.
-
-    The palette comes from the prompt alone and the shapes from the prompt and `variant` (the
-    task and result index), so that, as with a real model, two runs of one prompt look related
-    but are not the same picture.
-
-    Drawn at about DRAW_PIXELS and upscaled with a cheap filter, then encoded with fast
-    settings, so a 4K image takes a fraction of a second.
-    """
-    palette = random.Random(hashlib.sha256(prompt.encode()).digest())
-    rng = random.Random(hashlib.sha256(f"{variant}\0{prompt}".encode()).digest())
-    scale = max(1.0, math.sqrt(width * height / DRAW_PIXELS))
-    w, h = max(1, round(width / scale)), max(1, round(height / scale))
-
-    hue = palette.random()
-    gradient = palette.choice(
-        (
-            Image.linear_gradient("L"),
-            Image.linear_gradient("L").transpose(Image.Transpose.ROTATE_90),
-            Image.radial_gradient("L"),
-        )
-    )
-    canvas = ImageOps.colorize(
-        gradient.resize((w, h)),
-        _colour(hue, 0.75, 0.9),
-        _colour(hue + palette.uniform(0.25, 0.6), 0.3, 0.85),
-    )
-    draw = ImageDraw.Draw(canvas, "RGBA")
-    unit = min(w, h)
-    # Long, narrow images get more shapes, so that their far ends are not bare.
-    for _ in range(rng.randint(7, 12) + round(2 * max(w, h) / unit)):
-        shape_hue = hue + palette.uniform(-0.2, 0.2) + rng.choice((0.0, 0.33, 0.5))
-        fill = (*_colour(shape_hue, rng.uniform(0.4, 0.7), 0.9), rng.randint(120, 220))
-        x, y = rng.uniform(0, w), rng.uniform(0, h)
-        r = unit * rng.uniform(0.08, 0.35)
-        shape = rng.choice(("circle", "square", "triangle", "ring"))
-        if shape == "circle":
-            draw.ellipse((x - r, y - r, x + r, y + r), fill=fill)
-        elif shape == "square":
-            draw.rounded_rectangle((x - r, y - r, x + r, y + r), radius=r / 4, fill=fill)
-        elif shape == "triangle":
-            draw.regular_polygon((x, y, r), 3, rotation=rng.uniform(0, 120), fill=fill)
-        else:
-            draw.ellipse((x - r, y - r, x + r, y + r), outline=fill, width=max(2, round(r / 5)))
-
-    text = "".join(ch for ch in MARKER_RE.sub(" ", prompt) if ch.isprintable())
-    font_size = max(10, unit // 11)
-    font = _font(font_size)
-    lines = _caption_lines(draw, text, font, w * 0.84)
-    if lines:
-        line_height = round(font_size * 1.25)
-        box_height = line_height * len(lines) + font_size
-        top = round(h * 0.72 - box_height / 2)
-        draw.rounded_rectangle(
-            (w * 0.05, top, w * 0.95, top + box_height), radius=font_size / 2, fill=(0, 0, 0, 150)
-        )
-        for i, line in enumerate(lines):
-            y = top + font_size / 2 + i * line_height
-            draw.text((w * 0.08, y), line, font=font, fill=(255, 255, 255, 255))
-
-    if (w, h) != (width, height):
-        canvas = canvas.resize((width, height), Image.Resampling.BILINEAR)
-    buffer = io.BytesIO()
-    if output_format == "jpg":
-        canvas.save(buffer, "JPEG", quality=85)
-    else:
-        canvas.save(buffer, "PNG", compress_level=1)
-    return buffer.getvalue()
-
-
-# HTTP ----------------------------------------------------------------------------------------
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: SimulatorServer
-    protocol_version = "HTTP/1.1"  # keep-alive, as the app's pooled client expects
-    # Headers and body go out in two writes; with Nagle on, a delayed ACK costs 40 ms each.
-    disable_nagle_algorithm = True
-    timeout = 120  # an idle keep-alive connection is dropped after this
-
-    def version_string(self) -> str:
-        # What the real service's front answers; the client has no business knowing otherwise.
-        return "nginx"
-
-    def do_GET(self) -> None:
-        self._dispatch()
-
-    def do_POST(self) -> None:
-        self._dispatch()
-
-    def do_PUT(self) -> None:
-        self._dispatch()
-
-    def do_PATCH(self) -> None:
-        self._dispatch()
-
-    def do_DELETE(self) -> None:
-        self._dispatch()
-
-    def _dispatch(self) -> None:
-        simulator = self.server.simulator
-        try:
-            reply = self._read_and_handle(simulator)
-        except Exception:
-            # A bug in the simulator must show, but never kill the connection's thread.
-            traceback.print_exc()
-            self.close_connection = True
-            reply = simulator.internal_error()
-        if reply.delay > 0:
-            time.sleep(reply.delay)
-        try:
-            self.send_response(reply.status)
-            self.send_header("Content-Type", reply.content_type)
-            self.send_header("Content-Length", str(len(reply.body)))
-            for name, value in reply.headers.items():
-                self.send_header(name, value)
-            if self.close_connection:
-                self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(reply.body)
-        except OSError:
-            # The client went away (a timeout on its side, or the server shutting down).
-            self.close_connection = True
-
-    def _read_and_handle(self, simulator: Simulator) -> Reply:
-        url = urlsplit(self.path)
-        length_header = self.headers.get("Content-Length")
-        if length_header is None and self.headers.get("Transfer-Encoding"):
-            self.close_connection = True
-            return simulator.error(411, "Content-Length is required")
-        try:
-            length = int(length_header or 0)
-        except ValueError:
-            length = -1
-        if not 0 <= length <= MAX_BODY_BYTES:
-            # The unread body would be taken for the next request: close instead.
-            self.close_connection = True
-            return simulator.error(413, "request body is too large")
-        body = self.rfile.read(length) if length else b""
-        request = Request(self.command, url.path, parse_qs(url.query), self.headers, body)
-        return simulator.handle(request)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        if self.server.simulator.config.verbose:
-            sys.stderr.write(f"simulator {self.address_string()} {format % args}\n")
-
-
-class SimulatorServer(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128  # bursts of concurrent clients must not see refused connections
-
-    def __init__(self, address: tuple[str, int], simulator: Simulator) -> None:
-        self.simulator = simulator
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
-        super().__init__(address, _Handler)
-        host, port = self.server_address[:2]
-        shown = "127.0.0.1" if host in ("", "0.0.0.0") else host
-        self.base_url = simulator.base_url = f"http://{shown}:{port}"
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind looks up the host's FQDN, which can stall without a network.
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name = str(host)
-        self.server_port = port
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client hanging up mid-request is ordinary; anything else is a bug worth a traceback.
-        if self.simulator.config.verbose or not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self._connections_lock:
-            self._connections.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._connections_lock:
-            self._connections.discard(request)
-        super().shutdown_request(request)
-
-    def server_close(self) -> None:
-        """Stop listening and drop idle keep-alive connections, so no handler thread lingers."""
-        super().server_close()
-        with self._connections_lock:
-            connections = list(self._connections)
-        for connection in connections:
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
-
-
-def make_server(
-    config: SimulatorConfig, host: str = "127.0.0.1", port: int = 8765
-) -> SimulatorServer:
-    """A bound server, not yet serving; port 0 picks a free port (see `.base_url`)."""
-    return SimulatorServer((host, port), Simulator(config))
-
-
-def start_in_thread(
-    config: SimulatorConfig, host: str = "127.0.0.1", port: int = 0
-) -> SimulatorServer:
-    """Serve in a daemon thread. The caller stops it with shutdown() then server_close()."""
-    server = make_server(config, host, port)
-    thread = threading.Thread(
-        target=server.serve_forever,
-        kwargs={"poll_interval": 0.05},
-        name=f"simulator-{server.server_port}",
-        daemon=True,
-    )
-    thread.start()
-    return server
