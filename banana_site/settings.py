@@ -208,8 +208,8 @@ AIGPTIMAGE_POLL_INTERVAL = envfloat("AIGPTIMAGE_POLL_INTERVAL", 3.0)
 AIGPTIMAGE_POLL_MAX_INTERVAL = envfloat("AIGPTIMAGE_POLL_MAX_INTERVAL", 15.0)
 AIGPTIMAGE_POLL_HISTORY = envint("AIGPTIMAGE_POLL_HISTORY", 400)
 AIGPTIMAGE_POLL_HISTORY_MIN = envint("AIGPTIMAGE_POLL_HISTORY_MIN", 30)
-AIGPTIMAGE_POLL_LATENCY = envfloat("AIGPTIMAGE_POLL_LATENCY", 1.7)
-AIGPTIMAGE_POLL_MISS = envfloat("AIGPTIMAGE_POLL_MISS", 0.04)
+AIGPTIMAGE_POLL_LATENCY = envfloat("AIGPTIMAGE_POLL_LATENCY", 1.6)
+AIGPTIMAGE_POLL_MISS = envfloat("AIGPTIMAGE_POLL_MISS", 0.05)
 # recordInfo calls per second across the whole site (basic tier allows 20/s, 1000/min).
 AIGPTIMAGE_POLL_BUDGET = envint("AIGPTIMAGE_POLL_BUDGET", 15)
 # A task still unfinished after this many seconds at the provider is failed as timed out.
@@ -275,7 +275,9 @@ Q_CLUSTER = {
     "ack_failures": True,
     "catch_up": False,
     "save_limit": 500,
-    "poll": 0.2,
+    # How often the ORM broker is asked for new tasks: a finished render's download starts
+    # within this long of its handover.
+    "poll": 0.1,
     "sync": envbool("Q_SYNC", False),
 }
 if REDIS_URL:

@@ -138,7 +138,7 @@ while True:
 end_status = requests.get(status_url, timeout=5).json()
 rows = list(Generation.objects.filter(pk__in=ids).values(
     "status", "created_at", "submitted_at", "provider_completed_at", "finished_at",
-    "poll_count", "fail_code", "fail_message"))
+    "last_polled_at", "poll_count", "fail_code", "fail_message"))
 def seconds(row, start, end):
     if row[start] is None or row[end] is None:
         return None
@@ -150,6 +150,8 @@ print("BENCH " + json.dumps({
     "statuses": [r["status"] for r in rows],
     "wall": (last - first).total_seconds() if last else None,
     "after_completion": [seconds(r, "provider_completed_at", "finished_at") for r in done],
+    "seen_after": [seconds(r, "provider_completed_at", "last_polled_at") for r in done],
+    "stored_after": [seconds(r, "last_polled_at", "finished_at") for r in done],
     "polls": [r["poll_count"] for r in done],
     "failures": [[r["fail_code"], r["fail_message"]] for r in rows if r["status"] == "failed"],
     "samples": samples,
@@ -301,6 +303,12 @@ def longest_silence(samples: list[dict]) -> float:
     return longest
 
 
+def _spread(values: list[float]) -> str:
+    if not values:
+        return "-"
+    return f"p50 {percentile(values, 50):.2f}, p95 {percentile(values, 95):.2f}"
+
+
 def report_lines(scenario: Scenario, args, r: dict[str, Any]) -> list[str]:
     done = sum(1 for s in r["statuses"] if s == "done")
     failed = sum(1 for s in r["statuses"] if s == "failed")
@@ -329,6 +337,10 @@ def report_lines(scenario: Scenario, args, r: dict[str, Any]) -> list[str]:
             if latency
             else "-"
         ),
+        "of which seen by a poll (s): "
+        + _spread([v for v in r["seen_after"] if v is not None])
+        + "; then stored (s): "
+        + _spread([v for v in r["stored_after"] if v is not None]),
         f"longest polling stall while tasks were in flight: {longest_silence(r['samples']):.1f} s",
         f"slot use while work was queued: {slot_use:.2f}" if slot_use is not None else "",
         f"409 / 429 answers: {answers.get('409', 0)} / {answers.get('429', 0)}",

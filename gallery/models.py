@@ -5,9 +5,11 @@ import logging
 import math
 import random
 import secrets
+import statistics
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from statistics import NormalDist
 
 from django.conf import settings
 from django.core.cache import cache
@@ -763,15 +765,18 @@ def plan_polls(
     """Poll times that make the fewest polls on average for renders like these, while at most
     a `miss` fraction of them is seen more than `latency` seconds after it ended.
 
-    Dynamic programming on a grid of latency/20 s. A poll at t after the one at s is made only
-    if the render is still going at s, so it costs the fraction of renders longer than s; the
-    renders that end in (s, t - latency] are seen late. The state is (poll time, renders seen
-    late so far), so the late budget goes where it saves the most polls: before the first poll
-    and in the sparse tail, never where most renders end.
+    Dynamic programming on a grid of latency/20 s (coarser for long renders). A poll at t
+    after the one at s is made only if the render is still going at s, so it costs the
+    fraction of renders longer than s; the renders that end in (s, t - latency] are seen late.
+    The state is (poll time, renders seen late so far), so the late budget goes where it
+    saves the most polls: before the first poll and in the sparse tail, never where most
+    renders end.
     """
     samples = sorted(render_seconds)
     n = len(samples)
-    step = latency / 20
+    # Fine enough to place polls within a twentieth of the latency, coarse enough that a long
+    # 4K render still plans in a fraction of a second.
+    step = max(latency / 20, (samples[-1] + latency) / 600)
     grid = [step * i for i in range(int((samples[-1] + latency) / step) + 2)]
     ended = [bisect.bisect_right(samples, t) for t in grid]
     ended_late = [bisect.bisect_right(samples, t - latency) if t > latency else 0 for t in grid]
@@ -808,11 +813,23 @@ def plan_polls(
     return tuple(round(t, 3) for t in reversed(plan))
 
 
+def smoothed(render_seconds: list[float], points: int = 3) -> list[float]:
+    """A few points around each render time, spread by a log-normal kernel of Silverman's
+    width: a plan made on a few hundred renders then holds its latency on the next ones,
+    instead of fitting itself to the gaps between the renders it happened to see."""
+    logs = [math.log(max(seconds, 0.001)) for seconds in render_seconds]
+    if len(logs) < 2:
+        return list(render_seconds)
+    width = 1.06 * statistics.stdev(logs) * len(logs) ** -0.2
+    offsets = [NormalDist().inv_cdf((j + 0.5) / points) * width for j in range(points)]
+    return [math.exp(value + offset) for value in logs for offset in offsets]
+
+
 def poll_schedule(resolution: str) -> PollSchedule | None:
     """The schedule for this resolution from the last renders, or None without enough of them.
 
-    Kept in the cache for a minute (shared by every process when the cache is Redis), since
-    planning takes a fraction of a second.
+    A plan is kept in the cache for five minutes (shared by every process when the cache is
+    Redis), since planning takes a fraction of a second.
     """
     key = f"poll-schedule:{resolution}"
     cached = cache.get(key)
@@ -828,12 +845,13 @@ def poll_schedule(resolution: str) -> PollSchedule | None:
     offsets: tuple[float, ...] = ()
     if len(history) >= settings.AIGPTIMAGE_POLL_HISTORY_MIN:
         offsets = plan_polls(
-            [ms / 1000 for ms in history],
+            smoothed([ms / 1000 for ms in history]),
             latency=settings.AIGPTIMAGE_POLL_LATENCY,
             miss=settings.AIGPTIMAGE_POLL_MISS,
             max_gap=settings.AIGPTIMAGE_POLL_MAX_INTERVAL,
         )
-    cache.set(key, list(offsets), 60)
+    # Without enough history, ask again soon: the renders that complete it may be minutes away.
+    cache.set(key, list(offsets), 300 if offsets else 15)
     return PollSchedule(offsets) if offsets else None
 
 
