@@ -10,16 +10,14 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import requests
 
 from simulator import DEFAULT_API_KEY, SimulatorConfig, start_in_thread
-from tests.support import chromium_path, require, stop_processes
+from tests.support import TEST_SETTINGS, chromium_path, require, running
 
 pytestmark = pytest.mark.browser
 
@@ -57,6 +55,7 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
     port = free_port()
     env = {
         **os.environ,
+        "DJANGO_SETTINGS_MODULE": TEST_SETTINGS,
         "DATABASE_URL": f"sqlite:///{tmp / 'e2e.sqlite3'}",
         "MEDIA_ROOT": str(tmp / "media"),
         "AIGPTIMAGE_BASE_URL": simulator.base_url,
@@ -70,33 +69,20 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
     }
     manage = [sys.executable, str(ROOT / "manage.py")]
     subprocess.run([*manage, "migrate", "--noinput"], env=env, check=True, capture_output=True)
-    log = (tmp / "stack.log").open("w")
-    processes = [
-        subprocess.Popen(
-            [*manage, "runserver", f"127.0.0.1:{port}", "--noreload"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        ),
-        subprocess.Popen([*manage, "qcluster"], env=env, stdout=log, stderr=subprocess.STDOUT),
-    ]
+    log = tmp / "stack.log"
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                requests.get(url + "/accounts/login/", timeout=1)
-                break
-            except requests.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        yield Stack(url=url, simulator_url=simulator.base_url, artifacts=tmp)
+        with running(
+            [*manage, "runserver", f"127.0.0.1:{port}", "--noreload"],
+            [*manage, "qcluster"],
+            env=env,
+            log=log,
+            ready=url + "/accounts/login/",
+        ):
+            yield Stack(url=url, simulator_url=simulator.base_url, artifacts=tmp)
     finally:
-        stop_processes(processes)
         simulator.shutdown()
         simulator.server_close()
-        log.close()
 
 
 @pytest.fixture(scope="module")
