@@ -8,14 +8,12 @@ from django.urls import reverse
 
 from gallery.models import Generation, Image, ShareLink
 from gallery.views import PAGE_SIZE
-from tests.support import generate_and_finish
+from tests.factories import done_generation
 
 
 @pytest.fixture
-def done(alice, simulator) -> Generation:
-    return generate_and_finish(
-        alice, "a koi pond in autumn", aspect_ratio="4:3", output_format="jpg"
-    )
+def done(alice) -> Generation:
+    return done_generation(alice, "a koi pond in autumn", aspect_ratio="4:3", output_format="jpg")
 
 
 def test_it_shows_every_detail_of_a_generation(client, alice, done):

@@ -9,7 +9,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from gallery.models import Generation, Image
-from tests.support import generate_and_finish
+from tests.factories import done_generation
 
 VALID = {"prompt": "a lighthouse at dawn", "aspect_ratio": "3:2", "resolution": "2K"}
 
@@ -19,8 +19,8 @@ def form_data(**changes) -> dict:
 
 
 @pytest.fixture
-def done_image(alice, simulator) -> Image:
-    return generate_and_finish(alice, "A Lighthouse, at Dawn!").images.get()
+def done_image(alice) -> Image:
+    return done_generation(alice, "A Lighthouse, at Dawn!").images.get()
 
 
 # Accounts

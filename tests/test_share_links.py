@@ -10,12 +10,12 @@ from django.urls import reverse
 from django.utils import timezone
 
 from gallery.models import Image, ShareLink
-from tests.support import generate_and_finish
+from tests.factories import done_generation
 
 
 @pytest.fixture
-def image(alice, simulator) -> Image:
-    return generate_and_finish(alice, "a secret recipe for banana bread").images.get()
+def image(alice) -> Image:
+    return done_generation(alice, "a secret recipe for banana bread").images.get()
 
 
 def share(client, image: Image, **data) -> ShareLink:
