@@ -139,7 +139,9 @@ def test_it_signs_up_generates_and_shows_the_image_without_a_reload(stack, brows
     page.wait_for_url("**/generations/*/")
     full = page.locator(".detail-figure img")
     full.wait_for()
-    page.wait_for_function("document.querySelector('.detail-figure img').naturalWidth > 0")
+    # Waits are arrow functions: Playwright evals a bare expression on every poll after the
+    # first, which the page's CSP (no 'unsafe-eval') refuses; a function is evaled only once.
+    page.wait_for_function("() => document.querySelector('.detail-figure img').naturalWidth > 0")
     assert page.evaluate("document.querySelector('.detail-figure img').naturalWidth") == 1376
     assert "lighthouse on a cliff" in page.locator("#prompt-text").inner_text()
     page.screenshot(path=str(stack.artifacts / "detail.png"), full_page=True)
@@ -163,7 +165,8 @@ def test_it_shows_the_reason_for_a_failure_and_retries(stack, browser):
     assert card.locator(".card-reason").inner_text()
     card.get_by_role("button", name="Retry").click()
     page.wait_for_function(
-        "document.querySelector('article.card').dataset.status !== 'failed'", timeout=10_000
+        "() => document.querySelector('article.card').dataset.status !== 'failed'",
+        timeout=10_000,
     )
     context.close()
 
@@ -190,7 +193,7 @@ def test_it_shares_an_image_and_revokes_the_link(stack, browser):
     response = public.goto(link_url)
     assert response.status == 200
     assert response.headers["referrer-policy"] == "no-referrer"
-    public.wait_for_function("document.querySelector('img.share-image').naturalWidth > 0")
+    public.wait_for_function("() => document.querySelector('img.share-image').naturalWidth > 0")
     og_image = public.locator('meta[property="og:image"]').get_attribute("content")
     assert og_image == link_url + "image"
     assert public.locator('meta[name="twitter:card"]').get_attribute("content") == (
