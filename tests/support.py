@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
 
 import pytest
+import requests
 from django.utils.module_loading import import_string
 from django_q.models import OrmQ
 from django_q.signing import SignedPackage
@@ -75,13 +79,88 @@ def generate_and_finish(owner, prompt: str, **settings) -> Generation:
     return generation
 
 
-def stop_processes(processes: Iterable[subprocess.Popen], timeout: float = 20) -> None:
-    """SIGINT first (qcluster then stops its workers cleanly), a kill if that hangs."""
-    processes = list(processes)
-    for process in processes:
-        process.send_signal(signal.SIGINT)
-    for process in processes:
+# Real processes (runserver, qcluster, `manage.py shell`) load the test settings too.
+TEST_SETTINGS = "tests.settings"
+
+
+@contextmanager
+def running(
+    *commands: Sequence[str],
+    env: Mapping[str, str],
+    log: Path,
+    ready: str | Callable[[], bool] | None = None,
+    timeout: float = 30.0,
+    stop_timeout: float = 20.0,
+) -> Iterator[list[subprocess.Popen]]:
+    """Run each command in a process group of its own for the length of a `with` block.
+
+    `ready` is a URL that must answer (with any status) or a callable that must return true
+    before the block starts, within `timeout` seconds; a process that exits meanwhile fails at
+    once with the end of the log. Output goes to the end of `log`, which the processes share.
+    On leaving, every group is stopped at once as Ctrl-C would stop it (qcluster then stops its
+    workers cleanly), and killed if it has not exited within `stop_timeout` seconds.
+    """
+    processes: list[subprocess.Popen] = []
+    try:
+        with log.open("ab") as out:
+            for cmd in commands:
+                processes.append(
+                    subprocess.Popen(
+                        cmd, env=dict(env), stdout=out, stderr=subprocess.STDOUT, process_group=0
+                    )
+                )
+        if ready is not None:
+            _wait_until_ready(processes, ready, timeout, log)
+        yield processes
+    finally:
+        stop_processes(processes, timeout=stop_timeout)
+
+
+def _wait_until_ready(
+    processes: list[subprocess.Popen], ready: str | Callable[[], bool], timeout: float, log: Path
+) -> None:
+    def answers(url: str) -> bool:
         try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
+            requests.get(url, timeout=1)
+        except requests.RequestException:  # not listening yet, or not answering yet
+            return False
+        return True
+
+    check = (lambda: answers(ready)) if isinstance(ready, str) else ready
+    deadline = time.monotonic() + timeout
+    while not check():
+        for process in processes:
+            if process.poll() is not None:
+                raise AssertionError(
+                    f"{shlex.join(map(str, process.args))} exited with {process.returncode} "
+                    f"before it was ready:\n{_tail(log)}"
+                )
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not ready within {timeout} s:\n{_tail(log)}")
+        time.sleep(0.05)
+
+
+def _tail(log: Path, lines: int = 30) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def stop_processes(processes: Sequence[subprocess.Popen], timeout: float = 20) -> None:
+    """Stop processes started in groups of their own (`process_group=0`), all at once.
+
+    SIGINT to each group first, as Ctrl-C sends it: qcluster's parent then stops its workers
+    cleanly (they ignore SIGINT themselves). A group whose leader has not exited within
+    `timeout` seconds is killed, and so is anything a leader left behind.
+    """
+    for process in processes:
+        _signal_group(process, signal.SIGINT)
+    deadline = time.monotonic() + timeout
+    for process in processes:
+        with suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        _signal_group(process, signal.SIGKILL)
+        process.wait()
+
+
+def _signal_group(process: subprocess.Popen, signum: int) -> None:
+    with suppress(ProcessLookupError):  # the whole group has exited already
+        os.killpg(process.pid, signum)

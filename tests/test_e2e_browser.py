@@ -10,16 +10,14 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import requests
 
 from simulator import DEFAULT_API_KEY, SimulatorConfig, start_in_thread
-from tests.support import chromium_path, require, stop_processes
+from tests.support import TEST_SETTINGS, chromium_path, require, running
 
 pytestmark = pytest.mark.browser
 
@@ -57,6 +55,7 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
     port = free_port()
     env = {
         **os.environ,
+        "DJANGO_SETTINGS_MODULE": TEST_SETTINGS,
         "DATABASE_URL": f"sqlite:///{tmp / 'e2e.sqlite3'}",
         "MEDIA_ROOT": str(tmp / "media"),
         "AIGPTIMAGE_BASE_URL": simulator.base_url,
@@ -70,33 +69,20 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
     }
     manage = [sys.executable, str(ROOT / "manage.py")]
     subprocess.run([*manage, "migrate", "--noinput"], env=env, check=True, capture_output=True)
-    log = (tmp / "stack.log").open("w")
-    processes = [
-        subprocess.Popen(
-            [*manage, "runserver", f"127.0.0.1:{port}", "--noreload"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        ),
-        subprocess.Popen([*manage, "qcluster"], env=env, stdout=log, stderr=subprocess.STDOUT),
-    ]
+    log = tmp / "stack.log"
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                requests.get(url + "/accounts/login/", timeout=1)
-                break
-            except requests.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        yield Stack(url=url, simulator_url=simulator.base_url, artifacts=tmp)
+        with running(
+            [*manage, "runserver", f"127.0.0.1:{port}", "--noreload"],
+            [*manage, "qcluster"],
+            env=env,
+            log=log,
+            ready=url + "/accounts/login/",
+        ):
+            yield Stack(url=url, simulator_url=simulator.base_url, artifacts=tmp)
     finally:
-        stop_processes(processes)
         simulator.shutdown()
         simulator.server_close()
-        log.close()
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +139,9 @@ def test_it_signs_up_generates_and_shows_the_image_without_a_reload(stack, brows
     page.wait_for_url("**/generations/*/")
     full = page.locator(".detail-figure img")
     full.wait_for()
-    page.wait_for_function("document.querySelector('.detail-figure img').naturalWidth > 0")
+    # Waits are arrow functions: Playwright evals a bare expression on every poll after the
+    # first, which the page's CSP (no 'unsafe-eval') refuses; a function is evaled only once.
+    page.wait_for_function("() => document.querySelector('.detail-figure img').naturalWidth > 0")
     assert page.evaluate("document.querySelector('.detail-figure img').naturalWidth") == 1376
     assert "lighthouse on a cliff" in page.locator("#prompt-text").inner_text()
     page.screenshot(path=str(stack.artifacts / "detail.png"), full_page=True)
@@ -177,7 +165,8 @@ def test_it_shows_the_reason_for_a_failure_and_retries(stack, browser):
     assert card.locator(".card-reason").inner_text()
     card.get_by_role("button", name="Retry").click()
     page.wait_for_function(
-        "document.querySelector('article.card').dataset.status !== 'failed'", timeout=10_000
+        "() => document.querySelector('article.card').dataset.status !== 'failed'",
+        timeout=10_000,
     )
     context.close()
 
@@ -204,7 +193,7 @@ def test_it_shares_an_image_and_revokes_the_link(stack, browser):
     response = public.goto(link_url)
     assert response.status == 200
     assert response.headers["referrer-policy"] == "no-referrer"
-    public.wait_for_function("document.querySelector('img.share-image').naturalWidth > 0")
+    public.wait_for_function("() => document.querySelector('img.share-image').naturalWidth > 0")
     og_image = public.locator('meta[property="og:image"]').get_attribute("content")
     assert og_image == link_url + "image"
     assert public.locator('meta[name="twitter:card"]').get_attribute("content") == (

@@ -14,12 +14,13 @@ import subprocess
 import sys
 import time
 import uuid
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
 from simulator import DEFAULT_API_KEY, SimulatorConfig, start_in_thread
-from tests.support import require, stop_processes
+from tests.support import TEST_SETTINGS, require, running
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_URL = os.getenv("SCALEOUT_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
@@ -82,6 +83,7 @@ def test_it_shares_the_slots_across_two_worker_clusters(scaleout_database, tmp_p
     simulator = start_in_thread(SimulatorConfig(speed=0.05, seed=5))
     env = {
         **os.environ,
+        "DJANGO_SETTINGS_MODULE": TEST_SETTINGS,
         "DATABASE_URL": scaleout_database,
         "REDIS_URL": REDIS_URL,
         "MEDIA_ROOT": str(tmp_path / "media"),
@@ -105,12 +107,12 @@ def test_it_shares_the_slots_across_two_worker_clusters(scaleout_database, tmp_p
         return result.stdout
 
     subprocess.run([*manage, "migrate", "--noinput"], env=env, check=True, capture_output=True)
-    log = (tmp_path / "clusters.log").open("w")
-    clusters = [
-        subprocess.Popen([*manage, "qcluster"], env=env, stdout=log, stderr=subprocess.STDOUT)
-        for _ in range(2)
-    ]
+    log = tmp_path / "clusters.log"
+    clusters = ExitStack()
     try:
+        clusters.enter_context(
+            running([*manage, "qcluster"], [*manage, "qcluster"], env=env, log=log)
+        )
         shell(CREATE)
         peak = 0
         deadline = time.monotonic() + 90
@@ -129,7 +131,6 @@ def test_it_shares_the_slots_across_two_worker_clusters(scaleout_database, tmp_p
         assert status["tasksCreated"] == 20
         assert peak <= 5
     finally:
-        stop_processes(clusters)
-        log.close()
+        clusters.close()
         simulator.shutdown()
         simulator.server_close()

@@ -1,0 +1,14 @@
+"""Settings for test processes only: the app's own settings, made fast where that costs nothing.
+
+pytest-django loads this module (pyproject.toml), and the tests hand it on to the processes
+they start (runserver, qcluster, `manage.py shell`) as DJANGO_SETTINGS_MODULE. Production and
+`make run` never see it.
+"""
+
+from __future__ import annotations
+
+from banana_site.settings import *  # noqa: F403
+
+# Django's default PBKDF2 hasher takes about half a second per password on purpose; tests
+# create many users and sign in often, and no test is about the strength of the hash.
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
