@@ -338,7 +338,9 @@ def poll_due() -> None:
             return
         client = provider.get_client()
         deadline = time.monotonic() + settings.RUNNER_SECONDS
-        batch_size = max(1, settings.AIGPTIMAGE_POLL_BUDGET // 2)
+        # Small batches, a fifth of a second of the budget each, so that no one-second window
+        # sees much more than the budget however the batches fall.
+        batch_size = max(1, settings.AIGPTIMAGE_POLL_BUDGET // 5)
         with ThreadPoolExecutor(POLL_THREADS, thread_name_prefix="poll") as pool:
             while time.monotonic() < deadline and not runner.lost.is_set():
                 now = timezone.now()

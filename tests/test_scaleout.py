@@ -8,10 +8,10 @@ tier, whose limit is the app's 5 active tasks: one task too many would come back
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from contextlib import ExitStack
@@ -26,25 +26,16 @@ ROOT = Path(__file__).resolve().parent.parent
 PG_URL = os.getenv("SCALEOUT_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.getenv("SCALEOUT_REDIS_URL", "redis://127.0.0.1:6379/14")
 
-CREATE = """
+GENERATIONS = 200
+CREATE = f"""
 from django.contrib.auth.models import User
 from gallery.models import Generation
 from gallery import tasks
-users = [User.objects.create_user(f"user{i}", password="x") for i in range(3)]
-for n in range(20):
-    Generation.objects.create(owner=users[n % 3], prompt=f"scale-out picture {n}")
+users = [User.objects.create_user(f"user{{i}}", password="x") for i in range(5)]
+Generation.objects.bulk_create(
+    Generation(owner=users[n % 5], prompt=f"scale-out picture {{n}}") for n in range({GENERATIONS})
+)
 tasks.wake_submission()
-"""
-
-REPORT = """
-import json
-from gallery.models import Generation
-print(json.dumps({
-    "statuses": sorted(Generation.objects.values_list("status", flat=True)),
-    "in_flight": Generation.objects.in_flight().count(),
-    "request_ids": [str(r) for r in Generation.objects.values_list("request_id", flat=True)],
-    "images": sum(g.images.count() for g in Generation.objects.all()),
-}))
 """
 
 
@@ -77,10 +68,16 @@ def scaleout_database():
 
 
 def test_it_shares_the_slots_across_two_worker_clusters(scaleout_database, tmp_path):
+    """Two clusters with two runners of each kind: 200 generations, never more than 15 tasks
+    at the provider (the tier's limit: one more would be a 409), createTask paced under the
+    tier's rate (one too fast would be a 429), one task per generation."""
+    import psycopg
     import redis
 
     redis.Redis.from_url(REDIS_URL).flushdb()
-    simulator = start_in_thread(SimulatorConfig(speed=0.05, seed=5))
+    simulator = start_in_thread(
+        SimulatorConfig(api_keys={DEFAULT_API_KEY: "standard"}, speed=0.12, seed=5)
+    )
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": TEST_SETTINGS,
@@ -90,47 +87,62 @@ def test_it_shares_the_slots_across_two_worker_clusters(scaleout_database, tmp_p
         "AIGPTIMAGE_BASE_URL": simulator.base_url,
         "AIGPTIMAGE_API_KEY": DEFAULT_API_KEY,
         "AIGPTIMAGE_RESULT_HOSTS_ALLOWED": simulator.base_url.removeprefix("http://"),
-        "AIGPTIMAGE_MAX_ACTIVE_TASKS": "5",
+        "AIGPTIMAGE_MAX_ACTIVE_TASKS": "15",
+        "AIGPTIMAGE_CREATE_RATE": "9",
+        "AIGPTIMAGE_POLL_BUDGET": "40",
         "AIGPTIMAGE_POLL_INTERVAL": "0.1",
         "AIGPTIMAGE_POLL_MAX_INTERVAL": "0.3",
         "AIGPTIMAGE_CONFLICT_WAIT": "0.2",
+        "PIPELINE_RUNNERS": "2",
         "RUNNER_SECONDS": "3",
-        "Q_WORKERS": "2",
+        "Q_WORKERS": "3",
     }
-    simulator.simulator.config.api_keys = {DEFAULT_API_KEY: "basic"}
     manage = [sys.executable, str(ROOT / "manage.py")]
-
-    def shell(code: str) -> str:
-        result = subprocess.run(
-            [*manage, "shell", "-c", code], env=env, capture_output=True, text=True, check=True
-        )
-        return result.stdout
-
     subprocess.run([*manage, "migrate", "--noinput"], env=env, check=True, capture_output=True)
     log = tmp_path / "clusters.log"
+    peak = [0]
+    sampling = threading.Event()
+
+    def sample_provider() -> None:
+        while not sampling.wait(0.05):
+            tasks = simulator.simulator.status()["tasks"]
+            peak[0] = max(peak[0], tasks["waiting"] + tasks["queuing"] + tasks["generating"])
+
+    sampler = threading.Thread(target=sample_provider, daemon=True)
     clusters = ExitStack()
     try:
         clusters.enter_context(
             running([*manage, "qcluster"], [*manage, "qcluster"], env=env, log=log)
         )
-        shell(CREATE)
-        peak = 0
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            report = json.loads(shell(REPORT).strip().splitlines()[-1])
-            peak = max(peak, report["in_flight"])
-            if set(report["statuses"]) <= {"done", "failed"}:
-                break
-            time.sleep(0.3)
-        assert report["statuses"] == ["done"] * 20, report["statuses"]
-        assert report["images"] == 20
+        sampler.start()
+        subprocess.run([*manage, "shell", "-c", CREATE], env=env, check=True, capture_output=True)
+        deadline = time.monotonic() + 120
+        with psycopg.connect(scaleout_database, autocommit=True) as db:
+            while time.monotonic() < deadline:
+                pending = db.execute(
+                    "SELECT count(*) FROM gallery_generation WHERE status NOT IN ('done', 'failed')"
+                ).fetchone()[0]
+                if pending == 0:
+                    break
+                time.sleep(0.5)
+            statuses = dict(
+                db.execute("SELECT status, count(*) FROM gallery_generation GROUP BY status")
+            )
+            request_ids = [
+                str(r) for (r,) in db.execute("SELECT request_id FROM gallery_generation")
+            ]
+            images = db.execute("SELECT count(*) FROM gallery_image").fetchone()[0]
+        assert statuses == {"done": GENERATIONS}, statuses
+        assert images == GENERATIONS
         status = simulator.simulator.status()
         assert status["answers"].get("409", 0) == 0  # never more than the provider allows
-        for request_id in report["request_ids"]:
+        assert status["answers"].get("429", 0) == 0  # never faster than it allows
+        for request_id in request_ids:
             assert len(status["tasksByRequestId"][request_id]) == 1
-        assert status["tasksCreated"] == 20
-        assert peak <= 5
+        assert status["tasksCreated"] == GENERATIONS
+        assert 13 <= peak[0] <= 15  # the slots were used, and never one too many
     finally:
+        sampling.set()
         clusters.close()
         simulator.shutdown()
         simulator.server_close()

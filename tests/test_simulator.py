@@ -317,7 +317,11 @@ def test_it_takes_the_documented_time_give_or_take_10_percent_by_default(fast_ap
     [SimulatorConfig(speed=0.001, durations={"1K": 300}, render_sigma=0.4, seed=4)],
 )
 def test_it_draws_lognormal_durations_around_the_configured_median(fast_api):
+    started = time.monotonic()
     task_ids = [fast_api.create_task(f"spread {i}") for i in range(100)]
+    # Look once the oldest tasks are about the median age, so that some have ended and others
+    # have not, whatever the machine's speed.
+    time.sleep(max(0.0, 0.3 - (time.monotonic() - started)))
     # One look at every task, newest first: whatever state it shows must agree with costTime.
     seen: list[tuple[str, str, int, int]] = []
     for task_id in reversed(task_ids):
