@@ -38,7 +38,9 @@ simulator: install
 
 bench: install
 	$(PY) benchmarks/bench_simulator.py
-	$(PY) benchmarks/bench_pipeline.py
+	$(PY) benchmarks/bench_pipeline.py basic
+	$(PY) benchmarks/bench_pipeline.py scale
+	$(PY) benchmarks/soak.py
 	$(PY) benchmarks/bench_gallery.py
 
 clean:
