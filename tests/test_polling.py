@@ -21,6 +21,19 @@ def lognormal(n: int, median: float, sigma: float, seed: int) -> list[float]:
     return [median * math.exp(rng.gauss(0, sigma)) for _ in range(n)]
 
 
+def make_history(owner, render_seconds: list[float]) -> None:
+    """Finished 1K generations that took these render times (their costTime)."""
+    now = timezone.now()
+    for i, seconds in enumerate(render_seconds):
+        Generation.objects.create(
+            owner=owner,
+            prompt=f"history {i}",
+            status=Generation.Status.DONE,
+            cost_time_ms=round(seconds * 1000),
+            finished_at=now,
+        )
+
+
 def replay(plan: tuple[float, ...], renders: list[float]) -> tuple[float, float]:
     """Mean polls per render and the 95th percentile of the delay before it is seen."""
     schedule = PollSchedule(plan)
@@ -89,15 +102,7 @@ def test_it_plans_the_first_poll_from_the_render_history(
     alice, settings, django_assert_max_num_queries
 ):
     settings.AIGPTIMAGE_POLL_HISTORY_MIN = 30
-    now = timezone.now()
-    for i, seconds in enumerate(lognormal(40, 12.0, 0.25, seed=4)):
-        Generation.objects.create(
-            owner=alice,
-            prompt=f"history {i}",
-            status=Generation.Status.DONE,
-            cost_time_ms=round(seconds * 1000),
-            finished_at=now,
-        )
+    make_history(alice, lognormal(40, 12.0, 0.25, seed=4))
     # 4K renders have no history of their own: they keep the fixed schedule.
     assert poll_schedule("4K") is None
     schedule = poll_schedule("1K")
@@ -119,15 +124,7 @@ def test_it_finishes_renders_on_the_planned_schedule(alice, simulator, settings)
     settings.AIGPTIMAGE_POLL_MAX_INTERVAL = 0.5
     settings.AIGPTIMAGE_POLL_LATENCY = 0.1
     settings.AIGPTIMAGE_POLL_HISTORY_MIN = 20
-    now = timezone.now()
-    for i, seconds in enumerate(lognormal(20, 0.75, 0.05, seed=5)):
-        Generation.objects.create(
-            owner=alice,
-            prompt=f"history {i}",
-            status=Generation.Status.DONE,
-            cost_time_ms=round(seconds * 1000),
-            finished_at=now,
-        )
+    make_history(alice, lognormal(20, 0.75, 0.05, seed=5))
     plan = poll_schedule("1K")
     assert plan is not None and plan.offsets[0] > 0.4
 
