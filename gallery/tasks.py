@@ -215,7 +215,7 @@ def send_batch(
     batch: list[tuple[Generation, datetime]],
     client: provider.ProviderClient,
     pool: ThreadPoolExecutor,
-    runner: Runner | None = None,
+    runner: Runner,
 ) -> list[SubmitOutcome]:
     """Send each claimed generation at its reserved time, HTTP in threads; record each answer
     here as it comes, between sends. After a 409, 429 or pause, the rest go back unsent."""
@@ -229,8 +229,7 @@ def send_batch(
             generation, future = item
             pending.remove(item)
             outcomes.append(apply_submission(generation, future.result()))
-            if runner is not None:
-                runner.let_go([generation.pk])
+            runner.let_go([generation.pk])
             if outcomes[-1] is SubmitOutcome.ACCEPTED and not woken:
                 # Polling starts as soon as the first task is accepted.
                 wake("poll")
@@ -245,8 +244,7 @@ def send_batch(
             time.sleep(min(wait, 0.005) if pending else wait)
         if SubmitOutcome.HOLD in outcomes:
             generation.requeue()
-            if runner is not None:
-                runner.let_go([generation.pk])
+            runner.let_go([generation.pk])
             continue
         pending.append((generation, pool.submit(_create_task, client, generation)))
     record(block=True)

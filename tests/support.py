@@ -68,17 +68,6 @@ def finished(*generations: Generation) -> Callable[[], bool]:
     return lambda: not Generation.objects.filter(pk__in=ids).pending().exists()
 
 
-def generate_and_finish(owner, prompt: str, **settings) -> Generation:
-    """A generation made through the real pipeline against the test's simulator, finished."""
-    from gallery import tasks
-
-    generation = Generation.objects.create(owner=owner, prompt=prompt, **settings)
-    tasks.submit_queued()
-    run_queued_tasks(until=finished(generation))
-    generation.refresh_from_db()
-    return generation
-
-
 # Real processes (runserver, qcluster, `manage.py shell`) load the test settings too.
 TEST_SETTINGS = "tests.settings"
 
