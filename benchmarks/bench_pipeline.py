@@ -191,6 +191,8 @@ def app_environment(tmp: Path, base_url: str, scenario: Scenario, args) -> dict[
         "BENCH_USERS": str(scenario.users),
         "BENCH_CAP": str(scenario.cap_seconds),
     }
+    if args.latency:
+        env["AIGPTIMAGE_POLL_LATENCY"] = str(args.latency)
     if args.postgres:
         env["DATABASE_URL"] = args.database_url
         env["REDIS_URL"] = REDIS_URL
@@ -372,6 +374,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0, help="Q_WORKERS per cluster")
     parser.add_argument("--runners", type=int, default=1, help="PIPELINE_RUNNERS")
     parser.add_argument("--sigma", type=float, default=0.25, help="lognormal render spread")
+    parser.add_argument(
+        "--latency", type=float, default=0.0, help="AIGPTIMAGE_POLL_LATENCY (default: the app's)"
+    )
     args = parser.parse_args()
     scenario = SCENARIOS[args.scenario]
     database = "PostgreSQL + Redis" if args.postgres else "SQLite + ORM broker"

@@ -6,13 +6,13 @@ import math
 import random
 import secrets
 import statistics
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from statistics import NormalDist
 
 from django.conf import settings
-from django.core.cache import cache
 from django.core.files.storage import default_storage
 from django.db import models, transaction
 from django.db.models import Count, F, Max, Q
@@ -723,7 +723,9 @@ class Generation(models.Model):
         age = (now - (self.submitted_at or now)).total_seconds()
         schedule = poll_schedule(self.resolution)
         if schedule is not None:
-            return schedule.next_after(age) - age
+            # Never within half the latency of this poll: a plan replanned meanwhile may put
+            # its next poll just after the one that was made.
+            return schedule.next_after(age + settings.AIGPTIMAGE_POLL_LATENCY / 2) - age
         base = settings.AIGPTIMAGE_POLL_INTERVAL
         return min(settings.AIGPTIMAGE_POLL_MAX_INTERVAL, base * (1 + age / 20))
 
@@ -825,34 +827,85 @@ def smoothed(render_seconds: list[float], points: int = 3) -> list[float]:
     return [math.exp(value + offset) for value in logs for offset in offsets]
 
 
+class PollPlan(models.Model):
+    """The poll schedule for one resolution, shared by every worker of every cluster.
+
+    One plan for all, so that a task polled by one process is not polled again a moment later
+    by another that planned on a slightly different history. Replanned every PLAN_SECONDS.
+    """
+
+    PLAN_SECONDS = 300.0
+    RETRY_SECONDS = 15.0  # without enough history, look again soon
+
+    resolution = models.CharField(max_length=8, primary_key=True)
+    offsets = models.JSONField(default=list)
+    renders = models.PositiveIntegerField(default=0)
+    planned_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.resolution}: {len(self.offsets)} polls from {self.renders} renders"
+
+    def is_stale(self, now: datetime) -> bool:
+        age = (now - self.planned_at).total_seconds()
+        return age > (self.PLAN_SECONDS if self.offsets else self.RETRY_SECONDS)
+
+    @classmethod
+    def current(cls, resolution: str) -> PollPlan:
+        """The plan in force, replanned first if it is stale. Two processes that replan at
+        once both plan, and the first to write wins; the other adopts its plan."""
+        now = timezone.now()
+        plan = cls.objects.filter(pk=resolution).first()
+        if plan is not None and not plan.is_stale(now):
+            return plan
+        history = list(
+            Generation.objects.filter(
+                resolution=resolution, status=Generation.Status.DONE, cost_time_ms__isnull=False
+            )
+            .order_by("-id")
+            .values_list("cost_time_ms", flat=True)[: settings.AIGPTIMAGE_POLL_HISTORY]
+        )
+        offsets: list[float] = []
+        if len(history) >= settings.AIGPTIMAGE_POLL_HISTORY_MIN:
+            offsets = list(
+                plan_polls(
+                    smoothed([ms / 1000 for ms in history]),
+                    latency=settings.AIGPTIMAGE_POLL_LATENCY,
+                    miss=settings.AIGPTIMAGE_POLL_MISS,
+                    max_gap=settings.AIGPTIMAGE_POLL_MAX_INTERVAL,
+                )
+            )
+        fields = {"offsets": offsets, "renders": len(history), "planned_at": now}
+        if plan is None:
+            plan, _ = cls.objects.get_or_create(pk=resolution, defaults=fields)
+            return plan
+        if cls.objects.filter(pk=resolution, planned_at=plan.planned_at).update(**fields):
+            return cls(resolution=resolution, **fields)
+        return cls.objects.get(pk=resolution)
+
+
+_plans: dict[str, tuple[float, PollSchedule | None]] = {}
+PLAN_MEMO_SECONDS = 2.0
+
+
 def poll_schedule(resolution: str) -> PollSchedule | None:
     """The schedule for this resolution from the last renders, or None without enough of them.
 
-    A plan is kept in the cache for five minutes (shared by every process when the cache is
-    Redis), since planning takes a fraction of a second.
+    The plan lives in the database (PollPlan); each process keeps it for PLAN_MEMO_SECONDS so
+    that a batch of polls reads it once.
     """
-    key = f"poll-schedule:{resolution}"
-    cached = cache.get(key)
-    if cached is not None:
-        return PollSchedule(tuple(cached)) if cached else None
-    history = list(
-        Generation.objects.filter(
-            resolution=resolution, status=Generation.Status.DONE, cost_time_ms__isnull=False
-        )
-        .order_by("-id")
-        .values_list("cost_time_ms", flat=True)[: settings.AIGPTIMAGE_POLL_HISTORY]
-    )
-    offsets: tuple[float, ...] = ()
-    if len(history) >= settings.AIGPTIMAGE_POLL_HISTORY_MIN:
-        offsets = plan_polls(
-            smoothed([ms / 1000 for ms in history]),
-            latency=settings.AIGPTIMAGE_POLL_LATENCY,
-            miss=settings.AIGPTIMAGE_POLL_MISS,
-            max_gap=settings.AIGPTIMAGE_POLL_MAX_INTERVAL,
-        )
-    # Without enough history, ask again soon: the renders that complete it may be minutes away.
-    cache.set(key, list(offsets), 300 if offsets else 15)
-    return PollSchedule(offsets) if offsets else None
+    memo = _plans.get(resolution)
+    if memo is not None and time.monotonic() - memo[0] < PLAN_MEMO_SECONDS:
+        return memo[1]
+    offsets = PollPlan.current(resolution).offsets
+    schedule = PollSchedule(tuple(offsets)) if offsets else None
+    _plans[resolution] = (time.monotonic(), schedule)
+    return schedule
+
+
+def forget_poll_plans() -> None:
+    """Drop every plan, here and in the database (tests, and a change of settings)."""
+    _plans.clear()
+    PollPlan.objects.all().delete()
 
 
 def first_poll_delay(resolution: str) -> float:

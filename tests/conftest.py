@@ -57,7 +57,10 @@ def app_settings(request, settings, tmp_path):
     """
     from django.core.cache import cache
 
+    from gallery import models
+
     cache.clear()  # rate-limit counters start from zero in every test
+    models._plans.clear()  # and every test plans its polls on its own history
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.AIGPTIMAGE_API_KEY = DEFAULT_API_KEY
     settings.AIGPTIMAGE_BASE_URL = "http://127.0.0.1:9"

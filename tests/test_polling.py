@@ -9,8 +9,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from gallery import tasks
-from gallery.models import Generation, PollSchedule, plan_polls, poll_schedule
+from gallery import models, tasks
+from gallery.models import Generation, PollPlan, PollSchedule, plan_polls, poll_schedule
 from tests.support import finished, run_queued_tasks
 
 pytestmark = pytest.mark.django_db
@@ -115,6 +115,39 @@ def test_it_plans_the_first_poll_from_the_render_history(
     generation.mark_submitted("task-2")
     delay = (generation.next_poll_at - generation.submitted_at).total_seconds()
     assert delay == pytest.approx(schedule.offsets[0], abs=0.01)
+
+
+def test_every_process_polls_on_the_same_plan(alice, settings):
+    """The plan lives in the database: a process that plans later, on a longer history,
+    adopts the plan already made until it is due for replanning."""
+    settings.AIGPTIMAGE_POLL_HISTORY_MIN = 30
+    settings.AIGPTIMAGE_POLL_LATENCY = 1.6
+    make_history(alice, lognormal(40, 12.0, 0.25, seed=4))
+    first = poll_schedule("1K")
+    make_history(alice, lognormal(60, 30.0, 0.25, seed=6))  # much slower renders since
+    models._plans.clear()  # as another process sees it
+    assert poll_schedule("1K") == first
+    PollPlan.objects.filter(pk="1K").update(
+        planned_at=timezone.now() - timedelta(seconds=PollPlan.PLAN_SECONDS + 1)
+    )
+    models._plans.clear()
+    replanned = poll_schedule("1K")
+    assert replanned is not None and replanned != first
+    assert PollPlan.objects.get(pk="1K").renders == 100
+
+
+def test_a_replanned_schedule_does_not_poll_again_at_once(alice, settings):
+    """A task polled at 8.3 s on one plan is not polled at 8.4 s because the new plan has a
+    poll there: the next poll is at least half the latency away."""
+    settings.AIGPTIMAGE_POLL_LATENCY = 1.6
+    generation = Generation.objects.create(owner=alice, prompt="between plans")
+    now = timezone.now()
+    generation.submitted_at = now - timedelta(seconds=8.3)
+    models._plans["1K"] = (math.inf, PollSchedule((8.4, 10.0, 11.6)))
+    try:
+        assert generation.next_poll_delay(now) == pytest.approx(10.0 - 8.3)
+    finally:
+        models._plans.clear()
 
 
 @pytest.mark.django_db(transaction=True)
