@@ -208,7 +208,7 @@ AIGPTIMAGE_POLL_INTERVAL = envfloat("AIGPTIMAGE_POLL_INTERVAL", 3.0)
 AIGPTIMAGE_POLL_MAX_INTERVAL = envfloat("AIGPTIMAGE_POLL_MAX_INTERVAL", 15.0)
 AIGPTIMAGE_POLL_HISTORY = envint("AIGPTIMAGE_POLL_HISTORY", 400)
 AIGPTIMAGE_POLL_HISTORY_MIN = envint("AIGPTIMAGE_POLL_HISTORY_MIN", 30)
-AIGPTIMAGE_POLL_LATENCY = envfloat("AIGPTIMAGE_POLL_LATENCY", 1.6)
+AIGPTIMAGE_POLL_LATENCY = envfloat("AIGPTIMAGE_POLL_LATENCY", 1.7)
 AIGPTIMAGE_POLL_MISS = envfloat("AIGPTIMAGE_POLL_MISS", 0.05)
 # recordInfo calls per second across the whole site (basic tier allows 20/s, 1000/min).
 AIGPTIMAGE_POLL_BUDGET = envint("AIGPTIMAGE_POLL_BUDGET", 15)
@@ -254,6 +254,9 @@ THUMBNAIL_SIZE = envint("THUMBNAIL_SIZE", 512)
 # runners may run at once across every cluster (more only help on PostgreSQL).
 RUNNER_LEASE = envfloat("RUNNER_LEASE", 6.0)
 RUNNER_SECONDS = envfloat("RUNNER_SECONDS", 10.0)
+# A runner with work left at the end of its turn works on until its successor's task starts
+# (it may wait in the queue behind downloads), for at most this many more turns.
+RUNNER_HANDOVER_TURNS = envint("RUNNER_HANDOVER_TURNS", 5)
 PIPELINE_RUNNERS = envint("PIPELINE_RUNNERS", 1)
 
 # Two workers are mostly taken by the submission and poll runners; the others download.

@@ -159,12 +159,20 @@ class Lease(models.Model):
     runs across every worker of every cluster; a runner killed mid-way loses it within
     RUNNER_LEASE seconds. `requested_at` remembers that a runner's queue message was just sent,
     so that a burst of wake-ups sends one message, not one each.
+
+    A runner at the end of its turn with work left hands over without a gap: it asks for a
+    successor (`handover_at`) and works on; the successor's task, when a worker starts it,
+    writes its token into `successor` and waits; the holder sees it, finishes its batch, and
+    its release passes the lease straight to the successor. So a runner never waits in the
+    queue behind other tasks (a burst of downloads) while the work it does stands still.
     """
 
     name = models.CharField(max_length=40, primary_key=True)
     holder = models.CharField(max_length=32, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True)
     requested_at = models.DateTimeField(null=True, blank=True)
+    handover_at = models.DateTimeField(null=True, blank=True)
+    successor = models.CharField(max_length=32, blank=True)
 
     def __str__(self) -> str:
         return self.name
@@ -180,7 +188,11 @@ class Lease(models.Model):
         now = timezone.now()
         token = uuid.uuid4().hex
         taken = cls.objects.filter(cls._free(now), name=name).update(
-            holder=token, expires_at=now + timedelta(seconds=seconds), requested_at=None
+            holder=token,
+            expires_at=now + timedelta(seconds=seconds),
+            requested_at=None,
+            handover_at=None,
+            successor="",
         )
         return token if taken else None
 
@@ -191,8 +203,19 @@ class Lease(models.Model):
         return bool(cls.objects.filter(name=name, holder=token).update(expires_at=until))
 
     @classmethod
-    def release(cls, name: str, token: str) -> None:
-        cls.objects.filter(name=name, holder=token).update(holder="", expires_at=None)
+    def release(cls, name: str, token: str, seconds: float) -> None:
+        """Let go: to the successor waiting for it, if there is one, else free."""
+        now = timezone.now()
+        held = cls.objects.filter(name=name, holder=token)
+        handed = held.exclude(successor="").update(
+            holder=F("successor"),
+            successor="",
+            handover_at=None,
+            requested_at=None,
+            expires_at=now + timedelta(seconds=seconds),
+        )
+        if not handed:
+            held.update(holder="", expires_at=None, handover_at=None)
 
     @classmethod
     def request(cls, name: str, within: float) -> bool:
@@ -207,6 +230,38 @@ class Lease(models.Model):
             )
             .update(requested_at=now)
         )
+
+    @classmethod
+    def ask_successor(cls, name: str, token: str) -> bool:
+        """The holder's turn is over: True when the caller should send the successor's
+        message (once per turn)."""
+        now = timezone.now()
+        return bool(
+            cls.objects.filter(name=name, holder=token, handover_at__isnull=True).update(
+                handover_at=now, requested_at=now
+            )
+        )
+
+    @classmethod
+    def succeed(cls, name: str) -> str | None:
+        """Offer to take over a lease whose holder asked for a successor: the successor's
+        token, once the holder has handed the lease over to it."""
+        token = uuid.uuid4().hex
+        now = timezone.now()
+        offered = (
+            cls.objects.filter(name=name, handover_at__isnull=False, successor="")
+            .exclude(cls._free(now))
+            .update(successor=token)
+        )
+        return token if offered else None
+
+    @classmethod
+    def successor_waiting(cls, name: str, token: str) -> bool:
+        return cls.objects.filter(name=name, holder=token).exclude(successor="").exists()
+
+    @classmethod
+    def held_by(cls, name: str, token: str) -> bool:
+        return cls.objects.filter(name=name, holder=token).exists()
 
     @classmethod
     def expiry(cls, name: str) -> datetime | None:
@@ -831,7 +886,8 @@ class PollPlan(models.Model):
     """The poll schedule for one resolution, shared by every worker of every cluster.
 
     One plan for all, so that a task polled by one process is not polled again a moment later
-    by another that planned on a slightly different history. Replanned every PLAN_SECONDS.
+    by another that planned on a slightly different history. Replanned every PLAN_SECONDS
+    once the history is full, sooner while it is short.
     """
 
     PLAN_SECONDS = 300.0
@@ -846,8 +902,14 @@ class PollPlan(models.Model):
         return f"{self.resolution}: {len(self.offsets)} polls from {self.renders} renders"
 
     def is_stale(self, now: datetime) -> bool:
-        age = (now - self.planned_at).total_seconds()
-        return age > (self.PLAN_SECONDS if self.offsets else self.RETRY_SECONDS)
+        """A plan made on a short history is replanned sooner: the renders that lengthen it
+        make the next plan tighter (a wide history makes polls dense)."""
+        if not self.offsets:
+            lifetime = self.RETRY_SECONDS
+        else:
+            share = min(1.0, self.renders / settings.AIGPTIMAGE_POLL_HISTORY)
+            lifetime = max(self.RETRY_SECONDS, self.PLAN_SECONDS * share)
+        return (now - self.planned_at).total_seconds() > lifetime
 
     @classmethod
     def current(cls, resolution: str) -> PollPlan:

@@ -74,14 +74,24 @@ class DownloadOutcome(enum.Enum):
 
 
 class Runner:
-    """A held runner lease, and the generations the runner holds under it."""
+    """A held runner lease, and the generations the runner holds under it.
 
-    def __init__(self, name: str, token: str) -> None:
+    A runner works for a turn of RUNNER_SECONDS. If work is left then, it asks for a successor
+    and works on until the successor's task has started, then hands its lease straight over
+    (see Lease). The successor's message may wait behind a burst of downloads; after
+    RUNNER_HANDOVER_TURNS more turns without it (or in a cluster that is stopping) it stops.
+    """
+
+    def __init__(self, kind: str, name: str, token: str) -> None:
+        self.kind = kind
         self.name = name
         self.token = token
         self.lost = threading.Event()
+        self.done = threading.Event()  # lost, or a successor is waiting: stop after this batch
         self._rows: set[int] = set()
         self._lock = threading.Lock()
+        self._turn_ends = time.monotonic() + settings.RUNNER_SECONDS
+        self._asked = False
 
     def hold(self, pks: Iterable[int]) -> None:
         with self._lock:
@@ -91,12 +101,37 @@ class Runner:
         with self._lock:
             self._rows.difference_update(pks)
 
+    def keeps_going(self) -> bool:
+        """Whether to run another batch; past the turn, asks for a successor once."""
+        if self.done.is_set():
+            return False
+        now = time.monotonic()
+        if now < self._turn_ends:
+            return True
+        if now > self._turn_ends + settings.RUNNER_HANDOVER_TURNS * settings.RUNNER_SECONDS:
+            return False  # no successor came (the queue is long, or the cluster is stopping)
+        if not self._asked:
+            self._asked = True
+            if Lease.ask_successor(self.name, self.token):
+                async_task(RUNNERS[self.kind], task_name=self.kind)
+        return True
+
+    def pause(self, seconds: float) -> None:
+        """Sleep, but wake for the end of the turn and for the last moment to hand over."""
+        now = time.monotonic()
+        last = self._turn_ends + settings.RUNNER_HANDOVER_TURNS * settings.RUNNER_SECONDS
+        checkpoints = [t - now for t in (self._turn_ends, last)]
+        self.done.wait(max(0.0, min([seconds, *(c for c in checkpoints if c > 0)])))
+
     def renew(self) -> None:
         seconds = settings.RUNNER_LEASE
         if not Lease.renew(self.name, self.token, seconds):
             log.warning("Runner %s lost its lease; it stops after this batch", self.name)
             self.lost.set()
+            self.done.set()
             return
+        if self._asked and Lease.successor_waiting(self.name, self.token):
+            self.done.set()
         with self._lock:
             rows = list(self._rows)
         if rows:
@@ -133,19 +168,37 @@ def _lease_names(kind: str) -> list[str]:
 
 @contextmanager
 def running(kind: str) -> Iterator[Runner | None]:
-    """Take a free lease of this kind (None if all are held) and keep it renewed."""
-    for name in _lease_names(kind):
-        if token := Lease.take(name, settings.RUNNER_LEASE):
-            break
-    else:
+    """Take a free lease of this kind, or succeed a runner that asked for a successor (None
+    if neither), and keep it renewed."""
+    names = _lease_names(kind)
+    held = next(((n, t) for n in names if (t := Lease.take(n, settings.RUNNER_LEASE))), None)
+    if held is None:
+        held = next(((n, t) for n in names if (t := _succeed(n))), None)
+    if held is None:
         yield None
         return
-    runner = Runner(name, token)
+    runner = Runner(kind, *held)
     try:
         with heartbeat(runner.renew):
             yield runner
     finally:
-        Lease.release(name, token)
+        Lease.release(runner.name, runner.token, settings.RUNNER_LEASE)
+
+
+def _succeed(name: str) -> str | None:
+    """Wait for the holder to hand this lease over (it looks every RUNNER_LEASE / 3 seconds),
+    or take it if the holder died meanwhile."""
+    token = Lease.succeed(name)
+    if token is None:
+        return None
+    until = time.monotonic() + 2 * settings.RUNNER_LEASE
+    while time.monotonic() < until:
+        if Lease.held_by(name, token):
+            return token
+        if taken := Lease.take(name, settings.RUNNER_LEASE):
+            return taken
+        time.sleep(0.02)
+    return None
 
 
 def wake(kind: str) -> bool:
@@ -160,10 +213,6 @@ def wake(kind: str) -> bool:
 def wake_submission() -> None:
     """Called when generations are queued (a post, a retry, a resume)."""
     wake("submit")
-
-
-def _sleep(seconds: float, runner: Runner, deadline: float) -> None:
-    runner.lost.wait(max(0.0, min(seconds, deadline - time.monotonic())))
 
 
 # Submission
@@ -186,10 +235,9 @@ def submit_queued() -> None:
         if runner is None:
             return
         client = provider.get_client()
-        deadline = time.monotonic() + settings.RUNNER_SECONDS
         batch_size = max(1, round(settings.AIGPTIMAGE_CREATE_RATE))
         with ThreadPoolExecutor(SUBMIT_THREADS, thread_name_prefix="submit") as pool:
-            while time.monotonic() < deadline and not runner.lost.is_set():
+            while runner.keeps_going():
                 now = timezone.now()
                 batch = Generation.objects.claim_for_submission(now, batch_size)
                 if batch:
@@ -198,7 +246,7 @@ def submit_queued() -> None:
                     continue
                 if not has_submission_work(now):
                     break
-                _sleep(_submit_pause(now), runner, deadline)
+                runner.pause(_submit_pause(now))
     if has_submission_work(timezone.now()):
         wake("submit")
 
@@ -246,12 +294,23 @@ def send_batch(
             generation.requeue()
             runner.let_go([generation.pk])
             continue
-        pending.append((generation, pool.submit(_create_task, client, generation)))
+        pending.append((generation, pool.submit(_create_task, client, generation, send_at)))
     record(block=True)
     return outcomes
 
 
-def _create_task(client: provider.ProviderClient, generation: Generation) -> str | Exception:
+class SentTooLate(Exception):
+    """A createTask that would go out well after its reserved time is not sent: sent late it
+    could land in the same second as the sends reserved after it, and draw a 429."""
+
+
+def _create_task(
+    client: provider.ProviderClient, generation: Generation, send_at: datetime
+) -> str | Exception:
+    # The thread may start late on a loaded machine; the grace is half a send's spacing.
+    grace = max(0.05, 0.5 / settings.AIGPTIMAGE_CREATE_RATE)
+    if (timezone.now() - send_at).total_seconds() > grace:
+        return SentTooLate()
     try:
         return client.create_task(
             generation.prompt,
@@ -275,6 +334,10 @@ def apply_submission(generation: Generation, result: str | Exception) -> SubmitO
         generation.mark_submitted(result)
         return SubmitOutcome.ACCEPTED
     error = result
+    if isinstance(error, SentTooLate):
+        # Not sent: back to the queue, and the next claim reserves fresh send times.
+        generation.requeue()
+        return SubmitOutcome.HOLD
     if isinstance(error, provider.Conflict):
         # The provider's active-task slots are full (perhaps by another client of the same
         # key). Not a failure: the generation waits its turn.
@@ -335,12 +398,11 @@ def poll_due() -> None:
         if runner is None:
             return
         client = provider.get_client()
-        deadline = time.monotonic() + settings.RUNNER_SECONDS
         # Small batches, a fifth of a second of the budget each, so that no one-second window
         # sees much more than the budget however the batches fall.
         batch_size = max(1, settings.AIGPTIMAGE_POLL_BUDGET // 5)
         with ThreadPoolExecutor(POLL_THREADS, thread_name_prefix="poll") as pool:
-            while time.monotonic() < deadline and not runner.lost.is_set():
+            while runner.keeps_going():
                 now = timezone.now()
                 fail_overdue(now)
                 batch = Generation.objects.claim_due_polls(now, batch_size)
@@ -355,7 +417,7 @@ def poll_due() -> None:
                     continue
                 if not has_poll_work(now):
                     break
-                _sleep(_poll_pause(now), runner, deadline)
+                runner.pause(_poll_pause(now))
     if has_poll_work(timezone.now()):
         wake("poll")
 

@@ -73,6 +73,9 @@ def app_settings(request, settings, tmp_path):
     settings.AIGPTIMAGE_PAUSE_PROBE = 0.3
     settings.AIGPTIMAGE_CREATE_RATE = 50.0
     settings.RUNNER_SECONDS = 0.5
+    # No successor runs in the test's process: a runner stops at the end of its turn, and
+    # run_queued_tasks runs the message it leaves.
+    settings.RUNNER_HANDOVER_TURNS = 0
     settings.RUNNER_LEASE = 2.0
     if "simulator" in request.fixturenames:
         settings.AIGPTIMAGE_BASE_URL = request.getfixturevalue("simulator").base_url

@@ -147,6 +147,7 @@ def test_it_refuses_a_file_that_is_not_the_image_asked_for(
 
 def test_it_cuts_a_trickling_download_at_the_deadline_and_tries_again_later(alice, files, settings):
     settings.DOWNLOAD_DEADLINE = 1.0
+    settings.AIGPTIMAGE_RETRY_BASE = 30.0  # so that the next try is plainly in the future
     generation = finished_at_provider(alice, files.url("/trickle"))
     started = time.monotonic()
     assert tasks.download_images(generation.pk) == tasks.DownloadOutcome.RETRY

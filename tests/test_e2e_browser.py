@@ -19,7 +19,7 @@ import pytest
 from simulator import DEFAULT_API_KEY, SimulatorConfig, start_in_thread
 from tests.support import TEST_SETTINGS, chromium_path, require, running
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("browser")]
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM_ARGS = [

@@ -378,6 +378,29 @@ def test_it_paces_create_task_under_the_tier_rate(alice, settings):
     assert gaps == [0.25, 0.25]
 
 
+def test_it_does_not_send_a_create_task_well_after_its_reserved_time(alice, settings, simulator):
+    """A worker starved of CPU finds its send times passed: it sends nothing late (a late send
+    could share a second with the next ones and draw a 429) and claims afresh."""
+    settings.AIGPTIMAGE_CREATE_RATE = 4.0
+    for i in range(3):
+        Generation.objects.create(owner=alice, prompt=f"starved {i}")
+    batch = Generation.objects.claim_for_submission(timezone.now(), 3)
+    late = [(g, at - timedelta(seconds=1)) for g, at in batch]
+    runner = tasks.Runner("submit", "submit:0", "test")
+    with ThreadPoolExecutor(2) as pool:
+        outcomes = tasks.send_batch(late, provider.get_client(), pool, runner)
+    assert outcomes[0] is tasks.SubmitOutcome.HOLD
+    assert simulator.simulator.status()["createTask"]["calls"] == 0
+    assert Generation.objects.queued().count() == 3
+    # The next claim reserves times from now on, and those go out.
+    Generation.objects.update(retry_at=None)
+    ProviderAccount.objects.update(create_not_before=None)
+    batch = Generation.objects.claim_for_submission(timezone.now(), 3)
+    with ThreadPoolExecutor(2) as pool:
+        outcomes = tasks.send_batch(batch, provider.get_client(), pool, runner)
+    assert outcomes == [tasks.SubmitOutcome.ACCEPTED] * 3
+
+
 def test_it_never_claims_more_slots_from_parallel_workers(alice, settings, simulator):
     settings.AIGPTIMAGE_MAX_ACTIVE_TASKS = 2
     settings.AIGPTIMAGE_CREATE_RATE = 1e6
@@ -433,8 +456,47 @@ def test_it_runs_one_runner_per_lease(db):
     assert token
     assert Lease.take("poll:0", 30) is None
     assert Lease.renew("poll:0", token, 30)
-    Lease.release("poll:0", token)
+    Lease.release("poll:0", token, 30)
     assert Lease.take("poll:0", 30)
+
+
+def test_it_hands_a_lease_straight_to_the_successor(db):
+    holder = Lease.take("poll:0", 30)
+    assert Lease.succeed("poll:0") is None  # nobody asked for a successor
+    assert Lease.ask_successor("poll:0", holder)
+    assert not Lease.ask_successor("poll:0", holder)  # one message per turn
+    successor = Lease.succeed("poll:0")
+    assert successor and Lease.succeed("poll:0") is None  # one successor
+    assert Lease.successor_waiting("poll:0", holder)
+    Lease.release("poll:0", holder, 30)
+    # Never free in between: the successor holds it, and nobody else can take it.
+    assert Lease.held_by("poll:0", successor)
+    assert Lease.take("poll:0", 30) is None
+    assert not Lease.successor_waiting("poll:0", successor)
+
+
+def test_it_asks_for_a_successor_at_the_end_of_its_turn_and_stops_if_none_comes(
+    alice, simulator, settings
+):
+    """A poll runner with work left past its turn asks for a successor (one queue message)
+    and works on, but stops RUNNER_HANDOVER_TURNS turns later if no successor came (a cluster
+    that stops)."""
+    from django_q.models import OrmQ
+
+    settings.RUNNER_SECONDS = 0.2
+    settings.RUNNER_HANDOVER_TURNS = 5
+    generation = Generation.objects.create(owner=alice, prompt="a long one")
+    Generation.objects.filter(pk=generation.pk).update(
+        status=Generation.Status.GENERATING,
+        task_id="still-rendering",
+        submitted_at=timezone.now(),
+        next_poll_at=timezone.now() + timedelta(minutes=5),
+    )
+    started = time.monotonic()
+    tasks.poll_due()
+    assert 1.15 <= time.monotonic() - started < 3  # 0.2 s, then 5 x 0.2 s
+    assert OrmQ.objects.count() == 1  # the successor's message, and no other
+    assert Lease.take("poll:0", 30)  # and it let go
 
 
 def test_it_sends_one_message_for_a_burst_of_wake_ups(db):

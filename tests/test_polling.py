@@ -127,8 +127,16 @@ def test_every_process_polls_on_the_same_plan(alice, settings):
     make_history(alice, lognormal(60, 30.0, 0.25, seed=6))  # much slower renders since
     models._plans.clear()  # as another process sees it
     assert poll_schedule("1K") == first
+    # A plan on 40 renders of a history of 400 lasts a tenth of PLAN_SECONDS.
+    settings.AIGPTIMAGE_POLL_HISTORY = 400
+    lifetime = PollPlan.PLAN_SECONDS * 40 / 400
     PollPlan.objects.filter(pk="1K").update(
-        planned_at=timezone.now() - timedelta(seconds=PollPlan.PLAN_SECONDS + 1)
+        planned_at=timezone.now() - timedelta(seconds=lifetime - 2)
+    )
+    models._plans.clear()
+    assert poll_schedule("1K") == first
+    PollPlan.objects.filter(pk="1K").update(
+        planned_at=timezone.now() - timedelta(seconds=lifetime + 1)
     )
     models._plans.clear()
     replanned = poll_schedule("1K")

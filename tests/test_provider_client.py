@@ -6,6 +6,7 @@ import io
 import json
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,7 +16,8 @@ import requests
 from PIL import Image
 
 from gallery import provider
-from simulator import DEFAULT_API_KEY, SimulatorConfig
+from simulator import DEFAULT_API_KEY, SimulatorConfig, start_in_thread
+from simulator.config import Tier
 
 # Documented output sizes at 1K (docs/provider-contract.md); 2K doubles and 4K quadruples each
 # side.
@@ -293,9 +295,25 @@ def _download(client, aspect_ratio: str, resolution: str, output_format: str) ->
     return image
 
 
+@pytest.fixture(scope="module")
+def quick_client() -> Iterator[provider.ProviderClient]:
+    """Renders of a few milliseconds: these tests are about the files, not the wait."""
+    unlimited = Tier(1000, 60_000, 1000, 60_000, 100)
+    config = SimulatorConfig(
+        speed=0.001,
+        seed=1,
+        api_keys={DEFAULT_API_KEY: "unlimited"},
+        extra_tiers={"unlimited": unlimited},
+    )
+    server = start_in_thread(config)
+    yield provider.ProviderClient(server.base_url, DEFAULT_API_KEY, timeout=30)
+    server.shutdown()
+    server.server_close()
+
+
 @pytest.mark.parametrize("aspect_ratio", list(SIZES_1K))
-def test_it_downloads_the_documented_size_at_1k(client, aspect_ratio):
-    assert _download(client, aspect_ratio, "1K", "png").size == SIZES_1K[aspect_ratio]
+def test_it_downloads_the_documented_size_at_1k(quick_client, aspect_ratio):
+    assert _download(quick_client, aspect_ratio, "1K", "png").size == SIZES_1K[aspect_ratio]
 
 
 @pytest.mark.parametrize(
@@ -303,10 +321,10 @@ def test_it_downloads_the_documented_size_at_1k(client, aspect_ratio):
     [("16:9", "2K", "jpg", 2), ("1:1", "4K", "png", 4), ("1:8", "4K", "jpg", 4)],
 )
 def test_it_downloads_the_documented_size_at_2k_and_4k(
-    client, aspect_ratio, resolution, output_format, factor
+    quick_client, aspect_ratio, resolution, output_format, factor
 ):
     width, height = SIZES_1K[aspect_ratio]
-    image = _download(client, aspect_ratio, resolution, output_format)
+    image = _download(quick_client, aspect_ratio, resolution, output_format)
     assert image.size == (width * factor, height * factor)
 
 

@@ -2,8 +2,9 @@
 
 Two `qcluster` processes (as on two hosts) share one database and one broker. Together they
 must still never hold more tasks at the provider than AIGPTIMAGE_MAX_ACTIVE_TASKS, make one
-provider task per generation, and finish everything. The simulator's key is on the "basic"
-tier, whose limit is the app's 5 active tasks: one task too many would come back as a 409.
+provider task per generation, and finish everything. The simulator's key is on a tier of its
+own whose limit is the app's 15 active tasks: one task too many would come back as a 409. Its
+rates are high enough that the slots, not the create rate, set the pace.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from simulator import DEFAULT_API_KEY, SimulatorConfig, start_in_thread
+from simulator.config import Tier
 from tests.support import TEST_SETTINGS, require, running
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,8 +77,20 @@ def test_it_shares_the_slots_across_two_worker_clusters(scaleout_database, tmp_p
     import redis
 
     redis.Redis.from_url(REDIS_URL).flushdb()
+    tier = Tier(
+        create_per_second=40,
+        create_per_minute=2400,
+        query_per_second=200,
+        query_per_minute=12_000,
+        active_tasks=15,
+    )
     simulator = start_in_thread(
-        SimulatorConfig(api_keys={DEFAULT_API_KEY: "standard"}, speed=0.12, seed=5)
+        SimulatorConfig(
+            api_keys={DEFAULT_API_KEY: "scaleout"},
+            extra_tiers={"scaleout": tier},
+            speed=0.06,
+            seed=5,
+        )
     )
     env = {
         **os.environ,
@@ -88,10 +102,11 @@ def test_it_shares_the_slots_across_two_worker_clusters(scaleout_database, tmp_p
         "AIGPTIMAGE_API_KEY": DEFAULT_API_KEY,
         "AIGPTIMAGE_RESULT_HOSTS_ALLOWED": simulator.base_url.removeprefix("http://"),
         "AIGPTIMAGE_MAX_ACTIVE_TASKS": "15",
-        "AIGPTIMAGE_CREATE_RATE": "9",
-        "AIGPTIMAGE_POLL_BUDGET": "40",
+        "AIGPTIMAGE_CREATE_RATE": "36",
+        "AIGPTIMAGE_POLL_BUDGET": "150",
         "AIGPTIMAGE_POLL_INTERVAL": "0.1",
         "AIGPTIMAGE_POLL_MAX_INTERVAL": "0.3",
+        "AIGPTIMAGE_POLL_LATENCY": "0.2",
         "AIGPTIMAGE_CONFLICT_WAIT": "0.2",
         "PIPELINE_RUNNERS": "2",
         "RUNNER_SECONDS": "3",
