@@ -270,6 +270,7 @@ def send_batch(
     pending: list[tuple[Generation, Future]] = []
     outcomes: list[SubmitOutcome] = []
     woken = False
+    grace = max(0.05, 0.5 / settings.AIGPTIMAGE_CREATE_RATE)  # half a send's spacing
 
     def record(block: bool) -> None:
         nonlocal woken
@@ -283,9 +284,16 @@ def send_batch(
                 wake("poll")
                 woken = True
 
-    for generation, send_at in batch:
+    for generation, reserved in batch:
+        send_at = reserved
         while True:
             record(block=False)
+            now = timezone.now()
+            if (now - send_at).total_seconds() > grace:
+                # This worker got to it late (a loaded machine): sent now, it could share one
+                # second with the sends reserved after it and draw a 429. It takes a fresh
+                # time at the end of the schedule instead.
+                send_at = ProviderAccount.reserve_late_send(now)
             wait = (send_at - timezone.now()).total_seconds()
             if wait <= 0 or SubmitOutcome.HOLD in outcomes:
                 break
@@ -294,23 +302,12 @@ def send_batch(
             generation.requeue()
             runner.let_go([generation.pk])
             continue
-        pending.append((generation, pool.submit(_create_task, client, generation, send_at)))
+        pending.append((generation, pool.submit(_create_task, client, generation)))
     record(block=True)
     return outcomes
 
 
-class SentTooLate(Exception):
-    """A createTask that would go out well after its reserved time is not sent: sent late it
-    could land in the same second as the sends reserved after it, and draw a 429."""
-
-
-def _create_task(
-    client: provider.ProviderClient, generation: Generation, send_at: datetime
-) -> str | Exception:
-    # The thread may start late on a loaded machine; the grace is half a send's spacing.
-    grace = max(0.05, 0.5 / settings.AIGPTIMAGE_CREATE_RATE)
-    if (timezone.now() - send_at).total_seconds() > grace:
-        return SentTooLate()
+def _create_task(client: provider.ProviderClient, generation: Generation) -> str | Exception:
     try:
         return client.create_task(
             generation.prompt,
@@ -334,10 +331,6 @@ def apply_submission(generation: Generation, result: str | Exception) -> SubmitO
         generation.mark_submitted(result)
         return SubmitOutcome.ACCEPTED
     error = result
-    if isinstance(error, SentTooLate):
-        # Not sent: back to the queue, and the next claim reserves fresh send times.
-        generation.requeue()
-        return SubmitOutcome.HOLD
     if isinstance(error, provider.Conflict):
         # The provider's active-task slots are full (perhaps by another client of the same
         # key). Not a failure: the generation waits its turn.

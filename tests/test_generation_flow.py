@@ -379,26 +379,24 @@ def test_it_paces_create_task_under_the_tier_rate(alice, settings):
 
 
 def test_it_does_not_send_a_create_task_well_after_its_reserved_time(alice, settings, simulator):
-    """A worker starved of CPU finds its send times passed: it sends nothing late (a late send
-    could share a second with the next ones and draw a 429) and claims afresh."""
-    settings.AIGPTIMAGE_CREATE_RATE = 4.0
+    """A worker starved of CPU finds its send times passed: it does not send them at once (a
+    burst could share a second with the sends reserved after them and draw a 429) but takes
+    fresh times at the end of the site's schedule."""
+    settings.AIGPTIMAGE_CREATE_RATE = 10.0
     for i in range(3):
         Generation.objects.create(owner=alice, prompt=f"starved {i}")
     batch = Generation.objects.claim_for_submission(timezone.now(), 3)
+    scheduled_until = ProviderAccount.get().create_not_before
     late = [(g, at - timedelta(seconds=1)) for g, at in batch]
     runner = tasks.Runner("submit", "submit:0", "test")
+    started = time.monotonic()
     with ThreadPoolExecutor(2) as pool:
         outcomes = tasks.send_batch(late, provider.get_client(), pool, runner)
-    assert outcomes[0] is tasks.SubmitOutcome.HOLD
-    assert simulator.simulator.status()["createTask"]["calls"] == 0
-    assert Generation.objects.queued().count() == 3
-    # The next claim reserves times from now on, and those go out.
-    Generation.objects.update(retry_at=None)
-    ProviderAccount.objects.update(create_not_before=None)
-    batch = Generation.objects.claim_for_submission(timezone.now(), 3)
-    with ThreadPoolExecutor(2) as pool:
-        outcomes = tasks.send_batch(batch, provider.get_client(), pool, runner)
     assert outcomes == [tasks.SubmitOutcome.ACCEPTED] * 3
+    # Three fresh times after the schedule's end, a tenth of a second apart.
+    clock = ProviderAccount.get().create_not_before
+    assert (clock - scheduled_until).total_seconds() == pytest.approx(0.3, abs=0.01)
+    assert time.monotonic() - started >= 0.35  # it waited for them
 
 
 def test_it_never_claims_more_slots_from_parallel_workers(alice, settings, simulator):
