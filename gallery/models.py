@@ -669,7 +669,8 @@ class Generation(models.Model):
         return self._transition(self.AT_PROVIDER, **fields)
 
     def mark_succeeded(self, record: provider.TaskRecord) -> bool:
-        """The task is done at the provider: its result URLs go to a download task."""
+        """The task is done at the provider: due for a download task at once (the poll runner
+        hands it over, see tasks.hand_over_downloads)."""
         now = timezone.now()
         return self._transition(
             self.AT_PROVIDER,
@@ -683,7 +684,7 @@ class Generation(models.Model):
             poll_count=F("poll_count") + 1,
             next_poll_at=None,
             lease_until=None,
-            retry_at=None,
+            retry_at=now,
             download_attempts=0,
         )
 

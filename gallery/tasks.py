@@ -21,6 +21,7 @@ Every function here is safe to run twice.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import logging
 import tempfile
@@ -35,6 +36,7 @@ from django.conf import settings
 from django.core.files.base import ContentFile, File
 from django.db import IntegrityError, close_old_connections, connection
 from django.utils import timezone
+from django_q.brokers import get_broker
 from django_q.tasks import async_task
 
 from gallery import provider
@@ -454,8 +456,7 @@ def apply_poll(generation: Generation, outcome: provider.TaskRecord | Exception)
     """Apply one poll's outcome."""
     if isinstance(outcome, provider.TaskRecord):
         if outcome.succeeded:
-            if generation.mark_succeeded(outcome):
-                async_task("gallery.tasks.download_images", generation.pk, task_name="download")
+            generation.mark_succeeded(outcome)
             return PollOutcome.SUCCEEDED
         if outcome.failed:
             generation.mark_provider_failed(outcome)
@@ -498,11 +499,23 @@ def apply_poll(generation: Generation, outcome: provider.TaskRecord | Exception)
     return PollOutcome.RETRY
 
 
+@functools.cache
+def _broker():
+    """This process's connection to django-q2's broker (the database or Redis)."""
+    return get_broker()
+
+
 def hand_over_downloads(now) -> int:
-    """Send a download task for each download past its backoff or left by a dead worker."""
+    """Send a download task for each download that is due (just finished, past its backoff,
+    or left by a dead worker), but keep the queue short: the runners' own messages (a
+    successor, a wake-up) must not wait behind a backlog of downloads. What is not sent now
+    stays due in the database and goes on a later turn."""
+    room = min(DOWNLOAD_HANDOVER_BATCH, settings.DOWNLOAD_QUEUE_MAX - _broker().queue_size())
+    if room <= 0:
+        return 0
     handed = 0
-    due = Generation.objects.due_for_download(now).values_list("pk", flat=True)
-    for pk in list(due[:DOWNLOAD_HANDOVER_BATCH]):
+    due = Generation.objects.due_for_download(now).order_by("retry_at").values_list("pk", flat=True)
+    for pk in list(due[:room]):
         # Compare-and-set, so that two runners never send the same download twice.
         taken = (
             Generation.objects.due_for_download(now)

@@ -271,6 +271,7 @@ def test_it_retries_a_failed_download_without_generating_again(alice, simulator,
     Generation.objects.filter(pk=generation.pk).update(
         result_urls=["http://127.0.0.1:9/refused.png"]
     )
+    settings.AIGPTIMAGE_RETRY_BASE = 30.0  # so that the next try is plainly in the future
     assert tasks.download_images(generation.pk) == tasks.DownloadOutcome.RETRY
     generation.refresh_from_db()
     assert generation.status == Generation.Status.DOWNLOADING
@@ -578,3 +579,26 @@ def test_it_stores_every_result_of_a_retry_after_a_partial_download(
     images = list(generation.images.all())
     assert [image.index for image in images] == [0, 1]
     assert first_try.pk not in {image.pk for image in images}
+
+
+def test_it_keeps_the_queue_short_and_hands_the_other_downloads_over_later(alice, settings):
+    """Downloads wait in the database, not in the queue, beyond DOWNLOAD_QUEUE_MAX messages:
+    a runner's own message never queues behind a long line of them."""
+    from django_q.models import OrmQ
+
+    settings.DOWNLOAD_QUEUE_MAX = 2
+    now = timezone.now()
+    for i in range(5):
+        Generation.objects.create(
+            owner=alice,
+            prompt=f"finished {i}",
+            status=Generation.Status.DOWNLOADING,
+            result_urls=["https://files.example/x.png"],
+            retry_at=now,
+        )
+    assert tasks.hand_over_downloads(now) == 2
+    assert OrmQ.objects.count() == 2
+    assert tasks.hand_over_downloads(now) == 0  # the queue is full
+    assert Generation.objects.due_for_download(now).count() == 3  # and they are not lost
+    OrmQ.objects.all().delete()  # the workers took those two
+    assert tasks.hand_over_downloads(now) == 2
