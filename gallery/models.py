@@ -145,6 +145,13 @@ class ProviderAccount(models.Model):
         ProviderAccount.objects.filter(pk=self.pk).update(create_not_before=self.create_not_before)
         return [start + spacing * i for i in range(count)]
 
+    @classmethod
+    def reserve_late_send(cls, now: datetime) -> datetime:
+        """A fresh send time for a createTask whose reserved time passed unsent: at the end
+        of the site's schedule, so that it never shares a second with sends reserved since."""
+        with transaction.atomic():
+            return cls.locked().reserve_creates(now, 1)[0]
+
     def reserve_queries(self, now: datetime, count: int) -> None:
         """Spend `count` recordInfo calls of the site's budget (AIGPTIMAGE_POLL_BUDGET a second)."""
         start = max(now, self.query_not_before or now)
@@ -682,7 +689,8 @@ class Generation(models.Model):
         return self._transition(self.AT_PROVIDER, **fields)
 
     def mark_succeeded(self, record: provider.TaskRecord) -> bool:
-        """The task is done at the provider: its result URLs go to a download task."""
+        """The task is done at the provider: due for a download task at once (the poll runner
+        hands it over, see tasks.hand_over_downloads)."""
         now = timezone.now()
         return self._transition(
             self.AT_PROVIDER,
@@ -696,7 +704,7 @@ class Generation(models.Model):
             poll_count=F("poll_count") + 1,
             next_poll_at=None,
             lease_until=None,
-            retry_at=None,
+            retry_at=now,
             download_attempts=0,
         )
 
