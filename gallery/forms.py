@@ -45,7 +45,10 @@ class GenerationForm(forms.ModelForm):
     prompt = forms.CharField(
         max_length=provider.PROMPT_MAX_LENGTH,
         widget=forms.Textarea(
-            attrs={"rows": 1, "placeholder": "Describe an image: a banana astronaut above a neon city…"}
+            attrs={
+                "rows": 1,
+                "placeholder": "Describe an image: a banana astronaut above a neon city…",
+            }
         ),
         error_messages={
             "required": "Write a prompt: describe the image you want.",

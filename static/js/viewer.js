@@ -60,6 +60,7 @@ export function startViewer() {
     if (document.querySelector(".gallery.selecting")) lightbox.pswp.close();
   });
 
+  lightbox.on("afterInit", () => lightbox.pswp.element?.setAttribute("aria-label", "Image viewer"));
   lightbox.on("uiRegister", () => {
     const pswp = lightbox.pswp;
     pswp.ui.registerElement({
@@ -68,7 +69,7 @@ export function startViewer() {
       isButton: true,
       title: "Favourite (f)",
       html: "☆",
-      className: "pswp__button--bg-text",
+      className: "pswp__button--bg-text pswp__button--favorite",
       onInit: (element) => {
         const show = () => {
           const on = favoriteButton(linkFor(pswp))?.getAttribute("aria-pressed") === "true";
@@ -89,7 +90,7 @@ export function startViewer() {
       tagName: "a",
       title: "Download (d)",
       html: "⇩",
-      className: "pswp__button--bg-text",
+      className: "pswp__button--bg-text pswp__button--download",
       onInit: (element) => {
         element.setAttribute("aria-label", "Download (d)");
         pswp.on("change", () => { element.href = linkFor(pswp)?.dataset.download ?? "#"; });
@@ -100,9 +101,9 @@ export function startViewer() {
       order: 10,
       isButton: true,
       title: "Prompt and settings (i)",
-      html: "ⓘ",
-      className: "pswp__button--bg-text",
-      onInit: (element) => element.setAttribute("aria-label", "Prompt and settings (i)"),
+      html: "Info",
+      className: "pswp__button--bg-text pswp__button--info-button",
+      onInit: (element) => element.setAttribute("aria-label", "Info: prompt and settings (i)"),
       onClick: () => toggleInfo(pswp),
     });
     pswp.ui.registerElement({
@@ -158,6 +159,13 @@ export function startViewer() {
       history.pushState({ viewer: true }, "", link.href);
       pushed = true;
     }
+  });
+  // Once open, the keyboard focus moves into the viewer (a dialog), so that its keys work and
+  // a screen reader is in it; it returns to the image's tile when the viewer closes.
+  lightbox.on("openingAnimationEnd", () => {
+    const element = lightbox.pswp.element;
+    if (!element.hasAttribute("tabindex")) element.setAttribute("tabindex", "-1");
+    element.focus({ preventScroll: true });
   });
   lightbox.on("close", () => {
     if (pushed) {
