@@ -551,6 +551,26 @@ class Generation(models.Model):
         return not self.is_finished
 
     @property
+    def shape_class(self) -> str:
+        """The CSS class of its tile's shape: its image's own ratio once there is one, else
+        the ratio asked for (square for "auto")."""
+        image = next(iter(self.images.all()), None)
+        if image is not None and image.height:
+            return aspect_class(image.width / image.height)
+        if self.aspect_ratio in provider.ASPECT_RATIOS and self.aspect_ratio != "auto":
+            return "ar-" + self.aspect_ratio.replace(":", "-")
+        return "ar-1-1"
+
+    @property
+    def meta_text(self) -> str:
+        """Its settings and render time in one line, for the viewer's info panel."""
+        parts = [self.aspect_ratio, self.resolution, self.output_format.upper()]
+        if self.cost_time_ms:
+            parts.append(f"rendered in {self.cost_time_ms / 1000:.1f} s")
+        parts.append(self.created_at.strftime("%-d %b %Y, %H:%M"))
+        return " · ".join(parts)
+
+    @property
     def status_text(self) -> str:
         """The state in words a user understands."""
         if self.status == self.Status.QUEUED and self.retry_at and self.retry_at > timezone.now():
@@ -981,6 +1001,17 @@ def forget_poll_plans() -> None:
 def first_poll_delay(resolution: str) -> float:
     schedule = poll_schedule(resolution)
     return schedule.offsets[0] if schedule is not None else settings.AIGPTIMAGE_POLL_INTERVAL
+
+
+def aspect_class(ratio: float) -> str:
+    """The CSS class (static/css/app.css) of the provider's aspect ratio nearest to `ratio`."""
+    known = [r for r in provider.ASPECT_RATIOS if r != "auto"]
+
+    def distance(name: str) -> float:
+        width, height = (int(v) for v in name.split(":"))
+        return abs(math.log(ratio * height / width))
+
+    return "ar-" + min(known, key=distance).replace(":", "-")
 
 
 def _delete_files(names: list[str]) -> None:

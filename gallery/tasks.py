@@ -221,9 +221,11 @@ def wake_submission() -> None:
 
 
 def has_submission_work(now) -> bool:
-    """Queued work that may be sent soon; while paused, only when the next probe is due."""
+    """Queued work that may be sent soon; while paused, only when the next probe is due
+    within a turn (a later probe is sent by the next reconcile)."""
     account = ProviderAccount.get()
-    if account.is_paused and account.probe_at and account.probe_at > now:
+    turn = timedelta(seconds=settings.RUNNER_SECONDS)
+    if account.is_paused and account.probe_at and account.probe_at > now + turn:
         return False
     soon = now + timedelta(seconds=2)
     return (

@@ -227,7 +227,8 @@ def test_it_refreshes_pending_cards_out_of_band(client, alice, done_image):
     response = client.get(reverse("gallery:updates"), {"ids": f"{pending.pk},{done.pk}"})
     html = response.content.decode()
     assert f'id="card-{done.pk}"' in html and f'id="card-{pending.pk}"' in html
-    assert html.count('hx-swap-oob="true"') == 4  # two cards, the poller, the counters
+    # Two cards, the poller, the counters and the pause banner.
+    assert html.count('hx-swap-oob="true"') == 5
     assert 'id="counts"' in html
     assert reverse("gallery:thumbnail", args=[done_image.pk]) in html
     assert "Queued" in html

@@ -203,6 +203,9 @@ def test_it_pauses_all_submission_and_resumes_when_the_key_works(
 ):
     # Sends 0.5 s apart, so the first answer (the pause) arrives before a second could go.
     settings.AIGPTIMAGE_CREATE_RATE = 2.0
+    # Probes further apart than a runner's turn (0.5 s): a runner waits only for a probe that
+    # is due within its turn, and the reconcile sends the later ones.
+    settings.AIGPTIMAGE_PAUSE_PROBE = 0.8
     sim = simulator.simulator
     if break_key == "401":
         sim.config.api_keys = {"another-key": "basic"}
@@ -232,7 +235,7 @@ def test_it_pauses_all_submission_and_resumes_when_the_key_works(
     else:
         sim.config.credits = None
     # The every-minute reconcile probes once the probe interval has passed.
-    time.sleep(0.35)
+    time.sleep(0.85)
     tasks.reconcile()
     run_queued_tasks(until=finished(first, second))
     assert not ProviderAccount.get().is_paused
