@@ -941,12 +941,19 @@ class PollPlan(models.Model):
 
     @classmethod
     def current(cls, resolution: str) -> PollPlan:
-        """The plan in force, replanned first if it is stale. Two processes that replan at
-        once both plan, and the first to write wins; the other adopts its plan."""
+        """The plan in force, replanned first if it is stale: by the one process that claims
+        the replanning; the others go on with the stale plan meanwhile."""
         now = timezone.now()
         plan = cls.objects.filter(pk=resolution).first()
         if plan is not None and not plan.is_stale(now):
             return plan
+        if plan is not None:
+            # One process replans (planning takes up to a second of CPU); the others keep
+            # the plan in force until it writes the new one.
+            claimed = cls.objects.filter(pk=resolution, planned_at=plan.planned_at)
+            if not claimed.update(planned_at=now):
+                return plan
+            plan.planned_at = now
         history = list(
             Generation.objects.filter(
                 resolution=resolution, status=Generation.Status.DONE, cost_time_ms__isnull=False
@@ -968,8 +975,7 @@ class PollPlan(models.Model):
         if plan is None:
             plan, _ = cls.objects.get_or_create(pk=resolution, defaults=fields)
             return plan
-        if cls.objects.filter(pk=resolution, planned_at=plan.planned_at).update(**fields):
-            return cls(resolution=resolution, **fields)
+        cls.objects.filter(pk=resolution, planned_at=plan.planned_at).update(**fields)
         return cls.objects.get(pk=resolution)
 
 

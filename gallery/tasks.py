@@ -409,7 +409,7 @@ def poll_due() -> None:
                     for generation, record in zip(batch, records, strict=True):
                         apply_poll(generation, record)
                     runner.let_go(g.pk for g in batch)
-                hand_over_downloads(now)
+                hand_over_downloads(timezone.now())  # those just found finished too
                 if batch:
                     continue
                 if not has_poll_work(now):
