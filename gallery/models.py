@@ -13,12 +13,14 @@ from datetime import datetime, timedelta
 from statistics import NormalDist
 
 from django.conf import settings
+from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import models, transaction
 from django.db.models import Count, F, Max, Q
 from django.urls import reverse
 from django.utils import timezone
-from django.utils.text import Truncator
+from django.utils.text import Truncator, slugify
+from PIL import Image as PILImage
 
 from gallery import provider
 
@@ -1004,20 +1006,33 @@ class ImageQuerySet(models.QuerySet):
     def owned_by(self, user) -> ImageQuerySet:
         return self.filter(generation__owner=user)
 
+    def without_large_thumbnails(self) -> ImageQuerySet:
+        """Images stored before thumbnails kept the image's shape: `rebuild_thumbnails` remakes
+        both of theirs."""
+        return self.filter(thumbnail_large="")
+
     def delete_with_files(self) -> None:
         """Delete these images (and their share links), then their files once committed."""
-        names = [name for pair in self.values_list("file", "thumbnail") for name in pair if name]
+        fields = self.values_list("file", "thumbnail", "thumbnail_large")
+        names = [name for row in fields for name in row if name]
         self.delete()
         transaction.on_commit(lambda: _delete_files(names))
 
 
 class Image(models.Model):
-    """One stored result file of a generation, with its thumbnail."""
+    """One stored result file of a generation, with its two thumbnails.
+
+    Both thumbnails are WebP in the image's own shape (gallery.provider.thumbnail_size):
+    `thumbnail` is THUMBNAIL_HEIGHT tall for the gallery's rows, `thumbnail_large` twice that
+    for 2x screens. Images stored before there were two have no large one until
+    `manage.py rebuild_thumbnails` makes it.
+    """
 
     generation = models.ForeignKey(Generation, on_delete=models.CASCADE, related_name="images")
     index = models.PositiveSmallIntegerField(default=0)
     file = models.FileField(upload_to=image_upload_to, max_length=255)
     thumbnail = models.FileField(upload_to=thumbnail_upload_to, max_length=255)
+    thumbnail_large = models.FileField(upload_to=thumbnail_upload_to, max_length=255, blank=True)
     width = models.PositiveIntegerField()
     height = models.PositiveIntegerField()
     bytes = models.PositiveBigIntegerField()
@@ -1043,6 +1058,69 @@ class Image(models.Model):
     @property
     def extension(self) -> str:
         return "jpg" if self.format == "JPEG" else self.format.lower()
+
+    @property
+    def download_name(self) -> str:
+        """The file name its owner downloads it under: the prompt's first words, then which
+        generation and which of its images it is."""
+        words = slugify(self.generation.prompt[:60]) or "image"
+        return f"banana-{words}-{self.generation_id}-{self.index + 1}.{self.extension}"
+
+    @property
+    def thumbnail_url(self) -> str:
+        """The small thumbnail, THUMBNAIL_HEIGHT px tall (or less, see Image)."""
+        return _versioned(reverse("gallery:thumbnail", args=[self.pk]), self.thumbnail.name)
+
+    @property
+    def thumbnail_large_url(self) -> str:
+        """The large thumbnail, twice as tall; the small one's URL until it is made."""
+        if not self.thumbnail_large:
+            return self.thumbnail_url
+        url = reverse("gallery:thumbnail_large", args=[self.pk])
+        return _versioned(url, self.thumbnail_large.name)
+
+    @property
+    def thumbnail_srcset(self) -> str:
+        """For `<img srcset>`: the small thumbnail at 1x, the large one at 2x."""
+        if not self.thumbnail_large:
+            return f"{self.thumbnail_url} 1x"
+        return f"{self.thumbnail_url} 1x, {self.thumbnail_large_url} 2x"
+
+    def make_thumbnails(self, picture: PILImage.Image) -> None:
+        """Store both thumbnails of `picture` (this image, decoded) in storage, unsaved."""
+        height = settings.THUMBNAIL_HEIGHT
+        small, large = provider.make_thumbnails(picture, (height, 2 * height))
+        self.thumbnail.save("thumb.webp", ContentFile(small), save=False)
+        self.thumbnail_large.save("thumb.webp", ContentFile(large), save=False)
+
+    def rebuild_thumbnails(self) -> bool:
+        """Make both thumbnails again from the stored original, and drop the old ones.
+
+        Raises OSError when the original cannot be read. False if the image was deleted
+        meanwhile (its new thumbnails are dropped too).
+        """
+        old = [name for name in (self.thumbnail.name, self.thumbnail_large.name) if name]
+        with self.file.open("rb") as fp, PILImage.open(fp) as picture:
+            # A JPEG decodes at a fraction of its size when that is all the thumbnails need.
+            largest = provider.thumbnail_size(
+                self.width, self.height, 2 * settings.THUMBNAIL_HEIGHT
+            )
+            picture.draft("RGB", largest)
+            picture.load()
+            self.make_thumbnails(picture)
+        fresh = [self.thumbnail.name, self.thumbnail_large.name]
+        updated = Image.objects.filter(pk=self.pk).update(
+            thumbnail=self.thumbnail.name, thumbnail_large=self.thumbnail_large.name
+        )
+        gone = old if updated else fresh
+        transaction.on_commit(lambda: _delete_files(gone))
+        return bool(updated)
+
+
+def _versioned(url: str, name: str) -> str:
+    """The URL with a short mark of the stored file, so that a browser holding an old
+    thumbnail in its cache (they are cached for a day) asks again once the file is remade."""
+    return f"{url}?v={name.rsplit('/', 1)[-1][:8]}" if name else url
 
 
 def new_share_token() -> str:

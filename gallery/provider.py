@@ -850,10 +850,41 @@ def _binary_file(source: str | os.PathLike[str] | BinaryIO) -> Iterator[BinaryIO
             yield fp
 
 
-def make_thumbnail(picture: PILImage.Image, size: int) -> bytes:
-    """A WebP thumbnail that fits in a `size` x `size` square."""
-    thumb = picture.convert("RGB")
-    thumb.thumbnail((size, size), PILImage.Resampling.LANCZOS)
-    out = io.BytesIO()
-    thumb.save(out, "WEBP", quality=80, method=4)
-    return out.getvalue()
+# Thumbnails are sized by height, for a grid of justified rows about 220-300 CSS px tall, and keep
+# the picture's shape. A very wide picture (8:1) is capped at this many times the target height
+# in width instead, so that it does not weigh several times what a square one does.
+THUMBNAIL_MAX_RATIO = 4
+# Pillow first shrinks by a whole factor (cheap, in blocks) while the rest of the way is at least
+# this factor, then resamples with Lanczos: a 4K picture costs little more than a 1K one, and
+# the result is as sharp as Lanczos all the way at a thumbnail's size.
+THUMBNAIL_REDUCING_GAP = 2.0
+# WebP's effort, 0-6: at 2 both thumbnails of a 1024 px picture take about 60 ms of CPU against
+# 95 ms at 4, and come out about 5 % bigger.
+THUMBNAIL_WEBP_METHOD = 2
+
+
+def thumbnail_size(width: int, height: int, target_height: int) -> tuple[int, int]:
+    """A thumbnail's (width, height): `target_height` tall in the picture's own shape, at most
+    THUMBNAIL_MAX_RATIO times `target_height` wide, and never bigger than the picture."""
+    scale = min(1.0, target_height / height, THUMBNAIL_MAX_RATIO * target_height / width)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def make_thumbnails(picture: PILImage.Image, heights: Collection[int]) -> list[bytes]:
+    """WebP thumbnails of `picture`, one per target height (see `thumbnail_size`), in order.
+
+    The biggest is made from the picture and each smaller one from the one above it, so a big
+    picture is resampled once.
+    """
+    source = picture if picture.mode == "RGB" else picture.convert("RGB")
+    made: dict[int, bytes] = {}
+    for height in sorted(set(heights), reverse=True):
+        size = thumbnail_size(picture.width, picture.height, height)
+        if source.size != size:
+            source = source.resize(
+                size, PILImage.Resampling.LANCZOS, reducing_gap=THUMBNAIL_REDUCING_GAP
+            )
+        out = io.BytesIO()
+        source.save(out, "WEBP", quality=80, method=THUMBNAIL_WEBP_METHOD)
+        made[height] = out.getvalue()
+    return [made[height] for height in heights]

@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.core.files.base import ContentFile, File
+from django.core.files.base import File
 from django.db import IntegrityError, close_old_connections, connection
 from django.utils import timezone
 from django_q.tasks import async_task
@@ -605,7 +605,7 @@ def store_results(generation: Generation) -> None:
 
 
 def store_image(generation: Generation, index: int, data: File | object) -> Image:
-    """Check one downloaded file and store it with its thumbnail."""
+    """Check one downloaded file and store it with its thumbnails."""
     data.seek(0)
     result = provider.open_result_image(
         data,
@@ -631,14 +631,14 @@ def store_image(generation: Generation, index: int, data: File | object) -> Imag
     )
     data.seek(0)
     image.file.save(f"original.{image.extension}", File(data), save=False)
-    thumbnail = provider.make_thumbnail(result.picture, settings.THUMBNAIL_SIZE)
-    image.thumbnail.save("thumb.webp", ContentFile(thumbnail), save=False)
+    image.make_thumbnails(result.picture)
     try:
         image.save()
     except IntegrityError:
         # A second run of this task stored the same image first: keep theirs, drop ours.
         image.file.delete(save=False)
         image.thumbnail.delete(save=False)
+        image.thumbnail_large.delete(save=False)
         return Image.objects.get(generation=generation, index=index)
     return image
 

@@ -4,12 +4,12 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_not_required
-from django.http import FileResponse, HttpRequest, HttpResponse
+from django.db.models.fields.files import FieldFile
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.cache import patch_cache_control
 from django.utils.http import url_has_allowed_host_and_scheme, urlencode
-from django.utils.text import slugify
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import reswap, retarget
 from django_ratelimit.core import is_ratelimited
@@ -328,38 +328,49 @@ def share_page(request: HttpRequest, token: str) -> HttpResponse:
 @require_GET
 def share_image(request: HttpRequest, token: str) -> FileResponse:
     link = _get_active_share_link(token)
-    return _public_headers(_file_response(link.image, "file", download=False, private=False))
+    image = link.image
+    return _public_headers(_original_response(image, filename=image.download_name, download=False))
 
 
 # Image files
 
 
-def _file_response(
-    image: Image, field: str, *, download: bool, private: bool = True
-) -> FileResponse:
-    if field == "thumbnail":
-        response = FileResponse(image.thumbnail.open("rb"), content_type="image/webp")
-    else:
-        name = slugify(image.generation.prompt[:60]) or "image"
-        response = FileResponse(
-            image.file.open("rb"),
-            content_type=image.content_type,
-            as_attachment=download,
-            filename=f"banana-{name}-{image.generation_id}-{image.index + 1}.{image.extension}",
-        )
+def _private(response: FileResponse) -> FileResponse:
     response["X-Content-Type-Options"] = "nosniff"
-    if private:
-        # A shared cache must never hand one user's image to another.
-        patch_cache_control(response, private=True, max_age=86400)
+    # A shared cache must never hand one user's image to another.
+    patch_cache_control(response, private=True, max_age=86400)
     return response
+
+
+def _original_response(image: Image, *, filename: str, download: bool) -> FileResponse:
+    response = FileResponse(
+        image.file.open("rb"),
+        content_type=image.content_type,
+        as_attachment=download,
+        filename=filename,
+    )
+    response["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+def _thumbnail_response(thumbnail: FieldFile) -> FileResponse:
+    if not thumbnail:
+        raise Http404("This image has no thumbnail of that size yet.")
+    return _private(FileResponse(thumbnail.open("rb"), content_type="image/webp"))
 
 
 @require_GET
 def image_file(request: HttpRequest, pk: int) -> FileResponse:
     image = _get_image_for_user(request, pk)
-    return _file_response(image, "file", download="download" in request.GET)
+    download = "download" in request.GET
+    return _private(_original_response(image, filename=image.download_name, download=download))
 
 
 @require_GET
 def image_thumbnail(request: HttpRequest, pk: int) -> FileResponse:
-    return _file_response(_get_image_for_user(request, pk), "thumbnail", download=False)
+    return _thumbnail_response(_get_image_for_user(request, pk).thumbnail)
+
+
+@require_GET
+def image_thumbnail_large(request: HttpRequest, pk: int) -> FileResponse:
+    return _thumbnail_response(_get_image_for_user(request, pk).thumbnail_large)

@@ -58,9 +58,10 @@ def test_it_generates_and_stores_the_image(alice, simulator):
     data = image.file.read()
     assert image.bytes == len(data)
     assert image.sha256 == hashlib.sha256(data).hexdigest()
-    thumb = PILImage.open(io.BytesIO(image.thumbnail.read()))
-    assert thumb.format == "WEBP"
-    assert max(thumb.size) <= 512
+    for field, size in [("thumbnail", (573, 320)), ("thumbnail_large", (1147, 640))]:
+        thumb = PILImage.open(io.BytesIO(getattr(image, field).read()))
+        assert thumb.format == "WEBP"
+        assert thumb.size == size  # 16:9 by height
 
 
 def test_it_stores_every_result_url(alice, simulator):
@@ -308,7 +309,7 @@ def test_it_keeps_the_first_copy_when_a_second_run_stores_the_same_image(alice, 
     assert second.pk == first.pk
     assert Image.objects.filter(generation=generation).count() == 1
     # The losing copy's files were removed, not left behind in storage.
-    names = {first.file.name, first.thumbnail.name}
+    names = {first.file.name, first.thumbnail.name, first.thumbnail_large.name}
     stored = {
         f"{folder}/{alice.pk}/{name}"
         for folder in ("images", "thumbs")
