@@ -1187,6 +1187,22 @@ class ShareLink(models.Model):
             return Truncator(self.image.generation.prompt).chars(200)
         return "Made with Banana Gallery."
 
+    @property
+    def image_alt(self) -> str:
+        if self.show_prompt:
+            return Truncator(self.image.generation.prompt).chars(200)
+        return "A shared image"
+
+    @property
+    def file_name(self) -> str:
+        """The name the public image is served under: the prompt's first words only if the
+        owner chose to show the prompt, and never an id."""
+        image = self.image
+        if self.show_prompt:
+            words = slugify(image.generation.prompt[:60]) or "image"
+            return f"banana-{words}.{image.extension}"
+        return f"banana-shared-image.{image.extension}"
+
     def revoke(self) -> None:
         if self.revoked_at is None:
             self.revoked_at = timezone.now()

@@ -328,8 +328,8 @@ def share_page(request: HttpRequest, token: str) -> HttpResponse:
 @require_GET
 def share_image(request: HttpRequest, token: str) -> FileResponse:
     link = _get_active_share_link(token)
-    image = link.image
-    return _public_headers(_original_response(image, filename=image.download_name, download=False))
+    response = _original_response(link.image, filename=link.file_name, download=False)
+    return _public_headers(response)
 
 
 # Image files

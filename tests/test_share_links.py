@@ -62,7 +62,78 @@ def test_it_serves_the_public_page_without_login(client, alice, image):
     assert meta(html, "twitter:image") == image_url
     assert meta(html, "twitter:card") == "summary_large_image"
     assert meta(html, "og:image:width") == str(image.width)
+    assert meta(html, "og:image:height") == str(image.height)
+    assert meta(html, "og:image:type") == "image/png"
     assert "banana bread" not in html  # the prompt is hidden unless the owner chose to show it
+
+
+# Words of the image fixture's prompt that nothing else on the share page or its responses says.
+PROMPT_WORDS = ("secret", "recipe", "bread")
+
+
+def carries_prompt(text: str) -> bool:
+    return any(word in text.lower() for word in PROMPT_WORDS)
+
+
+def title(html: str) -> str:
+    match = re.search(r"<title>([^<]*)</title>", html)
+    assert match, "no title"
+    return match.group(1)
+
+
+PREVIEW_TAGS = [
+    "description",
+    "og:title",
+    "og:description",
+    "og:image:alt",
+    "twitter:title",
+    "twitter:description",
+    "twitter:image:alt",
+]
+
+
+def test_it_keeps_a_hidden_prompt_out_of_the_image_file_name(client, alice, image):
+    client.force_login(alice)
+    link = share(client, image)
+    client.logout()
+    response = client.get(f"/s/{link.token}/image")
+    assert response["Content-Disposition"] == 'inline; filename="banana-shared-image.png"'
+
+
+def test_it_keeps_a_hidden_prompt_out_of_every_header(client, alice, image):
+    client.force_login(alice)
+    link = share(client, image)
+    client.logout()
+    for url in (f"/s/{link.token}/", f"/s/{link.token}/image"):
+        response = client.get(url)
+        assert response.status_code == 200
+        for header, value in response.items():
+            assert not carries_prompt(value), (url, header, value)
+
+
+def test_it_keeps_a_hidden_prompt_out_of_the_page_metadata(client, alice, image):
+    client.force_login(alice)
+    link = share(client, image)
+    client.logout()
+    html = client.get(f"/s/{link.token}/").content.decode()
+    assert title(html) == "An image shared from Banana Gallery"
+    for name in PREVIEW_TAGS:
+        assert not carries_prompt(meta(html, name)), name
+    assert meta(html, "og:title") == "An image shared from Banana Gallery"
+    assert not carries_prompt(html)
+
+
+def test_it_names_and_describes_the_image_by_a_shown_prompt(client, alice, image):
+    client.force_login(alice)
+    link = share(client, image, show_prompt="on")
+    client.logout()
+    response = client.get(f"/s/{link.token}/image")
+    disposition = 'inline; filename="banana-a-secret-recipe-for-banana-bread.png"'
+    assert response["Content-Disposition"] == disposition
+    html = client.get(f"/s/{link.token}/").content.decode()
+    assert title(html) == "a secret recipe for banana bread · Banana Gallery"
+    for name in PREVIEW_TAGS:
+        assert meta(html, name) == "a secret recipe for banana bread", name
 
 
 def test_it_shows_the_prompt_only_when_the_owner_chose_to(client, alice, image):
