@@ -40,9 +40,9 @@ def _get_image_for_user(request: HttpRequest, pk: int) -> Image:
     )
 
 
-def _get_active_share_link(token: str) -> ShareLink:
-    return get_object_or_404(
-        ShareLink.objects.active().select_related("image__generation"), token=token
+def _get_active_share_link(token: str) -> ShareLink | None:
+    return (
+        ShareLink.objects.active().select_related("image__generation").filter(token=token).first()
     )
 
 
@@ -308,10 +308,19 @@ def rate_limited(request: HttpRequest, exception: Exception) -> HttpResponse:
     return render(request, "429.html", status=429)
 
 
+def _share_gone(request: HttpRequest) -> HttpResponse:
+    """What a stranger sees for a link that was revoked, has expired or never was: one and the
+    same plain page, status 404. Rendered here rather than raised as Http404, so that it is
+    this page under DEBUG too, not Django's debug page for developers."""
+    return _public_headers(render(request, "gallery/share_gone.html", status=404))
+
+
 @login_not_required
 @require_GET
 def share_page(request: HttpRequest, token: str) -> HttpResponse:
     link = _get_active_share_link(token)
+    if link is None:
+        return _share_gone(request)
     link.record_view()
     image_url = _absolute(request, reverse("share_image", args=[token]))
     context = {
@@ -326,8 +335,10 @@ def share_page(request: HttpRequest, token: str) -> HttpResponse:
 
 @login_not_required
 @require_GET
-def share_image(request: HttpRequest, token: str) -> FileResponse:
+def share_image(request: HttpRequest, token: str) -> HttpResponse:
     link = _get_active_share_link(token)
+    if link is None:
+        return _share_gone(request)
     response = _original_response(link.image, filename=link.file_name, download=False)
     return _public_headers(response)
 

@@ -171,18 +171,35 @@ def test_it_counts_views(client, alice, image):
     assert link.last_viewed_at is not None
 
 
-def test_it_answers_404_at_once_after_revoking(client, alice, image):
+def assert_gone(response) -> None:
+    """The friendly page for a link that no longer works, with status 404."""
+    assert response.status_code == 404
+    html = response.content.decode()
+    assert "<h1>This link was revoked or has expired</h1>" in html
+    assert f'href="{reverse("gallery:index")}"' in html
+    assert "Traceback" not in html and "Page not found" not in html  # not Django's debug 404
+    assert response["X-Robots-Tag"] == "noindex, nofollow"
+    assert "no-cache" in response["Cache-Control"]
+
+
+@pytest.fixture(params=[False, True], ids=["debug-off", "debug-on"])
+def debug(request, settings) -> bool:
+    settings.DEBUG = request.param
+    return request.param
+
+
+def test_it_shows_a_friendly_404_at_once_after_revoking(client, alice, image, debug):
     client.force_login(alice)
     link = share(client, image)
     assert client.get(f"/s/{link.token}/").status_code == 200
     response = client.post(reverse("gallery:share_revoke", args=[link.pk]))
     assert response.status_code == 302
     client.logout()
-    assert client.get(f"/s/{link.token}/").status_code == 404
-    assert client.get(f"/s/{link.token}/image").status_code == 404
+    assert_gone(client.get(f"/s/{link.token}/"))
+    assert_gone(client.get(f"/s/{link.token}/image"))
 
 
-def test_it_answers_404_once_expired(client, alice, image):
+def test_it_shows_a_friendly_404_once_expired(client, alice, image, debug):
     client.force_login(alice)
     link = share(client, image, expires_in_hours="1")
     assert link.expires_at - timezone.now() == pytest.approx(
@@ -190,12 +207,15 @@ def test_it_answers_404_once_expired(client, alice, image):
     )
     ShareLink.objects.filter(pk=link.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
     client.logout()
-    assert client.get(f"/s/{link.token}/").status_code == 404
-    assert client.get(f"/s/{link.token}/image").status_code == 404
+    assert_gone(client.get(f"/s/{link.token}/"))
+    assert_gone(client.get(f"/s/{link.token}/image"))
+    link.refresh_from_db()
+    assert link.view_count == 0
 
 
-def test_it_answers_404_for_an_unknown_token(client, db):
-    assert client.get("/s/not-a-token/").status_code == 404
+def test_it_shows_a_friendly_404_for_an_unknown_token(client, db, debug):
+    assert_gone(client.get("/s/not-a-token/"))
+    assert_gone(client.get("/s/not-a-token/image"))
 
 
 def test_it_lists_the_owners_links_with_their_state(client, alice, bob, image):
