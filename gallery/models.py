@@ -31,6 +31,16 @@ def _choices(values: tuple[str, ...]) -> list[tuple[str, str]]:
     return [(value, value) for value in values]
 
 
+def plain_message(text: str, said: str = "") -> str:
+    """A message for the user: `text` in plain words, then what the image service said, if it
+    said anything. Its words may follow ours; they are never the whole message, since they are
+    often technical ("internal error") and may be in another voice."""
+    said = said.strip()
+    if not said:
+        return text
+    return f"{text} The image service said: “{said}”{'' if said[-1] in '.!?' else '.'}"
+
+
 class ProviderAccount(models.Model):
     """The one row that every web process and worker shares about the provider account.
 
@@ -688,7 +698,9 @@ class Generation(models.Model):
             status=self.Status.FAILED,
             provider_state=record.state,
             fail_code=(record.fail_code or "fail")[:20],
-            fail_message=record.fail_message or "The image service could not make this image.",
+            fail_message=plain_message(
+                "The image service could not make this image.", record.fail_message
+            ),
             provider_created_at=record.create_time or self.provider_created_at,
             provider_completed_at=record.complete_time,
             cost_time_ms=record.cost_time_ms,

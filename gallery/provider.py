@@ -58,13 +58,18 @@ log = logging.getLogger(__name__)
 
 
 class ProviderError(Exception):
-    """Any failure to get a usable answer from the provider."""
+    """Any failure to get a usable answer from the provider.
+
+    `message` says what happened, for the log; `said` is the provider's own words from its
+    answer, if it gave any, which a message to the user may quote.
+    """
 
     code: int | None = None
 
-    def __init__(self, message: str, *, code: int | None = None) -> None:
+    def __init__(self, message: str, *, code: int | None = None, said: str = "") -> None:
         super().__init__(message)
         self.message = message
+        self.said = said
         if code is not None:
             self.code = code
 
@@ -110,8 +115,10 @@ class RateLimited(ProviderError):
 
     code = 429
 
-    def __init__(self, message: str, *, retry_after: float, code: int | None = None) -> None:
-        super().__init__(message, code=code)
+    def __init__(
+        self, message: str, *, retry_after: float, code: int | None = None, said: str = ""
+    ) -> None:
+        super().__init__(message, code=code, said=said)
         self.retry_after = retry_after
 
 
@@ -346,16 +353,17 @@ class ProviderClient:
         data = payload.get("data") if isinstance(payload, dict) else None
         if status == 200:
             return data
-        message = ""
+        said = ""
         if isinstance(payload, dict):
-            message = str(payload.get("msg") or payload.get("message") or "")
-        message = message or f"The provider answered HTTP {response.status_code}."
+            said = str(payload.get("msg") or payload.get("message") or "").strip()
+        message = said or f"The provider answered HTTP {response.status_code}."
         error_class = ERRORS_BY_CODE.get(status)
         if error_class is RateLimited:
-            raise RateLimited(message, retry_after=_retry_after(response, data), code=status)
+            retry_after = _retry_after(response, data)
+            raise RateLimited(message, retry_after=retry_after, code=status, said=said)
         if error_class is None:
             error_class = ServerError if status >= 500 else BadResponse
-        raise error_class(message, code=status)
+        raise error_class(message, code=status, said=said)
 
 
 _clients: dict[tuple[str, str, float, int], ProviderClient] = {}

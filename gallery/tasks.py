@@ -38,7 +38,7 @@ from django.utils import timezone
 from django_q.tasks import async_task
 
 from gallery import provider
-from gallery.models import Generation, Image, Lease, ProviderAccount, backoff
+from gallery.models import Generation, Image, Lease, ProviderAccount, backoff, plain_message
 
 log = logging.getLogger(__name__)
 
@@ -355,13 +355,19 @@ def apply_submission(generation: Generation, result: str | Exception) -> SubmitO
         account.pause(error)
         return SubmitOutcome.HOLD
     if isinstance(error, provider.BadRequest | provider.ValidationFailed):
-        generation.mark_failed(error.message, str(error.code))
+        message = plain_message(
+            "The image service turned this request down, so no image was made. Try changing "
+            "the prompt or the settings.",
+            error.said,
+        )
+        generation.mark_failed(message, str(error.code))
         return SubmitOutcome.FAILED
     attempt = generation.submit_attempts + 1
     if isinstance(error, provider.ProviderError):
-        message = (
-            f"The image service kept failing ({error.message}). Nothing was charged twice; "
-            "retry when it is back."
+        message = plain_message(
+            "The image service kept failing, so we stopped trying. Nothing was charged twice; "
+            "press Retry when it is back.",
+            error.said,
         )
         code = str(error.code or "error")
         log.warning("createTask failed for %s (%s), try %d", generation.pk, error, attempt)
@@ -486,16 +492,26 @@ def apply_poll(generation: Generation, outcome: provider.TaskRecord | Exception)
         generation.record_poll_error(settings.AIGPTIMAGE_PAUSE_PROBE, count=False)
         return PollOutcome.HOLD
     if isinstance(error, provider.BadRequest | provider.ValidationFailed):
-        generation.mark_failed(error.message, str(error.code or "error"))
+        message = plain_message(
+            "The image service stopped this request, so no image was made. Press Retry to "
+            "try again.",
+            error.said,
+        )
+        generation.mark_failed(message, str(error.code or "error"))
         return PollOutcome.FAILED
     attempt = generation.poll_errors + 1
     if isinstance(error, provider.ProviderError):
-        message = (
-            f"The image service kept failing while we checked on this image ({error.message})."
+        message = plain_message(
+            "The image service kept failing while we checked on this image, so we stopped. "
+            "Press Retry to make it again.",
+            error.said,
         )
         code = str(error.code or "error")
     else:
-        message = "Something went wrong on our side while checking on this image."
+        message = (
+            "Something went wrong on our side while checking on this image. Press Retry to "
+            "make it again."
+        )
         code = "error"
         log.error("Polling generation %s raised", generation.pk, exc_info=error)
     if attempt >= settings.AIGPTIMAGE_RETRY_ATTEMPTS:
