@@ -10,6 +10,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.cache import patch_cache_control
 from django.utils.http import url_has_allowed_host_and_scheme, urlencode
+from django.utils.translation import ngettext
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import reswap, retarget
 from django_ratelimit.core import is_ratelimited
@@ -248,11 +249,23 @@ def bulk(request: HttpRequest) -> HttpResponse:
             context = {"generations": list(selected), "bulk": True}
             return render(request, "gallery/confirm_delete.html", context)
         deleted = selected.delete_with_files()
-        messages.success(request, f"Deleted {deleted} image(s).")
+        text = ngettext("Deleted %(n)d image.", "Deleted %(n)d images.", deleted)
+        messages.success(request, text % {"n": deleted})
     else:
         updated = selected.update(is_favorite=action == "favorite")
-        label = "Added to" if action == "favorite" else "Removed from"
-        messages.success(request, f"{label} favourites: {updated} image(s).")
+        if action == "favorite":
+            text = ngettext(
+                "Added %(n)d image to your favourites.",
+                "Added %(n)d images to your favourites.",
+                updated,
+            )
+        else:
+            text = ngettext(
+                "Removed %(n)d image from your favourites.",
+                "Removed %(n)d images from your favourites.",
+                updated,
+            )
+        messages.success(request, text % {"n": updated})
     return redirect("gallery:index")
 
 

@@ -256,6 +256,36 @@ def test_it_deletes_several_after_confirmation(client, alice, bob, done):
     assert not Image.objects.exists()
 
 
+@pytest.mark.parametrize(
+    ("action", "one", "two"),
+    [
+        ("favorite", "Added 1 image to your favourites.", "Added 2 images to your favourites."),
+        (
+            "unfavorite",
+            "Removed 1 image from your favourites.",
+            "Removed 2 images from your favourites.",
+        ),
+        ("delete", "Deleted 1 image.", "Deleted 2 images."),
+    ],
+)
+def test_it_says_how_many_in_words(client, alice, action, one, two):
+    client.force_login(alice)
+    for count, words in [(1, one), (2, two)]:
+        ids = [make(alice, f"p{i}", is_favorite=action == "unfavorite").pk for i in range(count)]
+        data = {"action": action, "ids": ids, "confirm": "1"}
+        html = client.post(reverse("gallery:bulk"), data, follow=True).content.decode()
+        assert words in html
+        assert "(s)" not in html
+
+
+def test_it_counts_favourites_in_words(client, alice):
+    client.force_login(alice)
+    make(alice, "one", is_favorite=True)
+    assert re.search(r"<strong>1</strong> favourite<", client.get("/").content.decode())
+    make(alice, "two", is_favorite=True)
+    assert re.search(r"<strong>2</strong> favourites<", client.get("/").content.decode())
+
+
 def test_it_explains_an_empty_bulk_selection(client, alice):
     client.force_login(alice)
     response = client.post(reverse("gallery:bulk"), {"action": "delete"}, follow=True)
