@@ -13,7 +13,7 @@ from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.utils.translation import ngettext
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import reswap, retarget
-from django_ratelimit.core import is_ratelimited
+from django_ratelimit.core import get_usage
 from django_ratelimit.decorators import ratelimit
 
 from gallery import tasks
@@ -100,8 +100,25 @@ def _remix_initial(request: HttpRequest) -> dict:
     return {name: getattr(generation, name) for name in ["prompt", *SETTINGS_FIELDS]}
 
 
+def auth_rate(group: str, request: HttpRequest) -> str:
+    """The limit of the "login" or "signup" group, read from settings when it is checked."""
+    return getattr(settings, f"RATELIMIT_{group.upper()}")
+
+
+def wait_words(seconds: int) -> str:
+    """About how long a wait is, in words: "about 40 seconds", "about 3 minutes"."""
+    if seconds < 60:
+        n = max(1, seconds)
+        return ngettext("about %(n)d second", "about %(n)d seconds", n) % {"n": n}
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return ngettext("about %(n)d minute", "about %(n)d minutes", minutes) % {"n": minutes}
+    hours = round(seconds / 3600)
+    return ngettext("about %(n)d hour", "about %(n)d hours", hours) % {"n": hours}
+
+
 @login_not_required
-@ratelimit(key="ip", rate=lambda group, request: settings.RATELIMIT_SIGNUP, method="POST")
+@ratelimit(group="signup", key="ip", rate=auth_rate, method="POST")
 @require_http_methods(["GET", "POST"])
 def signup(request: HttpRequest) -> HttpResponse:
     if request.user.is_authenticated:
@@ -128,7 +145,7 @@ def index(request: HttpRequest) -> HttpResponse:
 @require_POST
 def create(request: HttpRequest) -> HttpResponse:
     form = GenerationForm(request.POST)
-    limited = is_ratelimited(
+    usage = get_usage(
         request,
         group="generate",
         key="user",
@@ -136,11 +153,13 @@ def create(request: HttpRequest) -> HttpResponse:
         method="POST",
         increment=True,
     )
-    if limited:
+    if usage and usage["should_limit"]:
+        # The count starts again when the limit's window ends (django-ratelimit's windows are
+        # fixed, so this is when the next post goes through, not an estimate).
         form.add_error(
             None,
-            f"That is a lot of images at once (the limit is {settings.RATELIMIT_GENERATE}). "
-            "Wait a minute and press Generate again: your prompt is still here.",
+            "That is a lot of images in a short time. You can generate again in "
+            f"{wait_words(usage['time_left'])}; your prompt is still here.",
         )
     if not form.is_valid():
         if request.htmx:
@@ -317,8 +336,17 @@ def _public_headers(response: HttpResponse) -> HttpResponse:
 
 @login_not_required
 def rate_limited(request: HttpRequest, exception: Exception) -> HttpResponse:
-    """What django-ratelimit shows when a sign-in or sign-up limit is reached."""
-    return render(request, "429.html", status=429)
+    """What django-ratelimit shows when a sign-in or sign-up limit is reached: when the user
+    can try again, from the end of the limit's window."""
+    group = request.resolver_match.url_name if request.resolver_match else ""
+    usage = None
+    if group in ("login", "signup"):
+        usage = get_usage(request, group=group, key="ip", rate=auth_rate, method="POST")
+    seconds = max(1, usage["time_left"]) if usage else 60
+    context = {"wait": wait_words(seconds), "back": request.path}
+    response = render(request, "429.html", context, status=429)
+    response["Retry-After"] = str(seconds)
+    return response
 
 
 def _share_gone(request: HttpRequest) -> HttpResponse:

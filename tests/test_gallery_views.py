@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from django.contrib.auth.models import User
 from django.db import connection
+from django.test import RequestFactory
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django_ratelimit.core import get_usage
 
 from gallery.models import Generation, Image
-from gallery.views import PAGE_SIZE
+from gallery.views import PAGE_SIZE, wait_words
 from tests.factories import done_generation
 
 VALID = {"prompt": "a lighthouse at dawn", "aspect_ratio": "3:2", "resolution": "2K"}
@@ -96,7 +100,14 @@ def test_it_limits_sign_in_attempts(client, alice, settings):
         assert response.status_code == 200
     response = client.post(reverse("login"), {"username": "alice", "password": "password-alice"})
     assert response.status_code == 429
-    assert "Too many attempts" in response.content.decode()
+    html = response.content.decode()
+    assert "Too many attempts" in html
+    # When the minute's window ends, not the raw limit.
+    seconds = int(response["Retry-After"])
+    assert 1 <= seconds <= 60
+    expected = f"{seconds} second{'s' if seconds > 1 else ''}"
+    assert f"You can try again in about {expected}." in html
+    assert "3/m" not in html
     assert client.get("/").status_code == 302  # not signed in
 
 
@@ -105,8 +116,12 @@ def test_it_limits_sign_ups(client, db, settings):
     data = {"password1": "a-long-pass-phrase", "password2": "a-long-pass-phrase"}
     assert client.post(reverse("signup"), {"username": "u1", **data}).status_code == 302
     client.logout()
-    assert client.post(reverse("signup"), {"username": "u2", **data}).status_code == 429
+    response = client.post(reverse("signup"), {"username": "u2", **data})
+    assert response.status_code == 429
     assert not User.objects.filter(username="u2").exists()
+    seconds = int(response["Retry-After"])
+    assert 1 <= seconds <= 3600  # the hour's window
+    assert f"You can try again in {wait_words(seconds)}." in response.content.decode()
 
 
 # The form
@@ -120,8 +135,31 @@ def test_it_limits_generations_and_keeps_the_prompt(client, alice, settings):
     response = client.post(reverse("gallery:create"), form_data(prompt="one more lighthouse"))
     assert response.status_code == 400
     html = response.content.decode()
-    assert "the limit is 2/m" in html and "one more lighthouse" in html
+    match = re.search(r"You can generate again in about (\d+) seconds?; your prompt is", html)
+    assert match and "one more lighthouse" in html
+    assert "2/m" not in html
+    # The count starts again when django-ratelimit's window for this user ends.
+    request = RequestFactory().post("/")
+    request.user = alice
+    usage = get_usage(request, group="generate", key="user", rate="2/m", method="POST")
+    assert int(match.group(1)) == pytest.approx(max(1, usage["time_left"]), abs=1)
     assert Generation.objects.count() == 2
+
+
+@pytest.mark.parametrize(
+    ("seconds", "words"),
+    [
+        (0, "about 1 second"),
+        (1, "about 1 second"),
+        (40, "about 40 seconds"),
+        (61, "about 1 minute"),
+        (150, "about 2 minutes"),
+        (3599, "about 1 hour"),
+        (7200, "about 2 hours"),
+    ],
+)
+def test_it_says_how_long_to_wait_in_words(seconds, words):
+    assert wait_words(seconds) == words
 
 
 def test_it_creates_a_generation_and_redirects(client, alice):
