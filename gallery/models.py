@@ -425,7 +425,7 @@ class GenerationQuerySet(models.QuerySet):
                 queues[owner] = list(
                     Generation.objects.ready(now)
                     .filter(owner=owner)
-                    .order_by("created_at", "id")
+                    .order_by("queued_at", "id")
                     .values_list("pk", flat=True)[:limit]
                 )
             if not queues[owner]:
@@ -503,6 +503,9 @@ class Generation(models.Model):
     is_favorite = models.BooleanField(default=False)
 
     created_at = models.DateTimeField(default=timezone.now)
+    # When this try was queued: at creation, and again at each retry. A card's clock, the
+    # timings and the queue's order count from here.
+    queued_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
     # When the provider accepted the task: polling and the task deadline count from here.
     submitted_at = models.DateTimeField(null=True, blank=True)
@@ -573,7 +576,8 @@ class Generation(models.Model):
 
     @property
     def elapsed(self) -> timedelta:
-        return (self.finished_at or timezone.now()) - self.created_at
+        """Time since this try was queued (a retried generation counts from its retry)."""
+        return (self.finished_at or timezone.now()) - self.queued_at
 
     @property
     def elapsed_text(self) -> str:
@@ -584,8 +588,8 @@ class Generation(models.Model):
 
     @property
     def timings(self) -> dict[str, float | None]:
-        """Seconds spent waiting (our queue and the provider's), rendering, and in all."""
-        total = (self.finished_at - self.created_at).total_seconds() if self.finished_at else None
+        """Seconds this try spent waiting (our queue and the provider's), rendering, and in all."""
+        total = (self.finished_at - self.queued_at).total_seconds() if self.finished_at else None
         rendering = self.cost_time_ms / 1000 if self.cost_time_ms is not None else None
         waiting = total - rendering if total is not None and rendering is not None else None
         return {"waiting": waiting, "rendering": rendering, "total": total}
@@ -775,7 +779,7 @@ class Generation(models.Model):
                 last_polled_at=None,
                 poll_count=0,
                 poll_errors=0,
-                created_at=timezone.now(),
+                queued_at=timezone.now(),
                 submitted_at=None,
                 provider_created_at=None,
                 provider_completed_at=None,
@@ -799,7 +803,7 @@ class Generation(models.Model):
         return min(settings.AIGPTIMAGE_POLL_MAX_INTERVAL, base * (1 + age / 20))
 
     def is_past_deadline(self, now: datetime) -> bool:
-        started = self.submitted_at or self.created_at
+        started = self.submitted_at or self.queued_at
         return (now - started).total_seconds() > settings.AIGPTIMAGE_TASK_DEADLINE
 
 

@@ -108,6 +108,7 @@ def done_generation(
         "poll_count": 4,
         **fields,
     }
+    values.setdefault("queued_at", values["created_at"])
     generation = make_generation(owner, prompt, **values)
     width, height = image_size(generation.aspect_ratio)
     for index in range(images):

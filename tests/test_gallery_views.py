@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 import pytest
 from django.contrib.auth.models import User
@@ -10,11 +11,12 @@ from django.db import connection
 from django.test import RequestFactory
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import timezone
 from django_ratelimit.core import get_usage
 
 from gallery.models import Generation, Image
 from gallery.views import PAGE_SIZE, wait_words
-from tests.factories import done_generation
+from tests.factories import done_generation, make_generation
 
 VALID = {"prompt": "a lighthouse at dawn", "aspect_ratio": "3:2", "resolution": "2K"}
 
@@ -295,6 +297,30 @@ def test_it_retries_a_failed_generation(client, alice):
     assert response.status_code == 302
     generation.refresh_from_db()
     assert generation.status == Generation.Status.QUEUED
+
+
+def test_it_counts_a_retried_cards_time_from_the_retry(client, alice):
+    long_ago = timezone.now() - timedelta(minutes=10)
+    generation = make_generation(
+        alice,
+        "again",
+        status="failed",
+        fail_message="The image service could not make this image.",
+        created_at=long_ago,
+        queued_at=long_ago,
+        finished_at=long_ago + timedelta(minutes=1, seconds=43),
+    )
+    client.force_login(alice)
+    retried = client.post(
+        reverse("gallery:retry", args=[generation.pk]), headers={"HX-Request": "true"}
+    )
+    refreshed = client.get(reverse("gallery:updates"), {"ids": str(generation.pk)})
+    for response in (retried, refreshed):
+        clock = re.search(r'<p class="card-elapsed">([^<]*)</p>', response.content.decode())
+        assert clock and clock.group(1) in ("0 s", "1 s", "2 s")
+    generation.refresh_from_db()
+    assert generation.created_at == long_ago  # when it was first made, for the detail page
+    assert generation.elapsed < timedelta(seconds=3)
 
 
 def _add_generations(owner, count: int) -> None:
