@@ -717,7 +717,10 @@ def _fetch_hop(
             raise ResultGone(RESULT_GONE)
         if status != 200:
             log.warning("Result file host %s answered HTTP %s", hop.hostname, status)
-            raise ResultUnavailable(f"The image service's file server answered HTTP {status}.")
+            raise ResultUnavailable(
+                "The image service's file server did not send the image "
+                f"(it answered HTTP {status})."
+            )
         declared = response.length_remaining
         if declared is not None and declared > max_bytes:
             log.warning("Result file declared %d bytes, more than %d", declared, max_bytes)

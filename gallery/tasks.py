@@ -582,7 +582,7 @@ def _retry_download(generation: Generation, reason: str, *, unexpected: bool) ->
         return DownloadOutcome.FAILED
     if not generation.result_may_be_valid(now):
         generation.mark_failed(
-            f"The finished image could not be fetched before it expired ({reason}). "
+            f"The finished image could not be fetched before it expired. {reason} "
             "Retry to make it again.",
             "download",
         )
