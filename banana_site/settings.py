@@ -259,6 +259,9 @@ RUNNER_SECONDS = envfloat("RUNNER_SECONDS", 10.0)
 # A runner with work left at the end of its turn works on until its successor's task starts
 # (it may wait in the queue behind downloads), for at most this many more turns.
 RUNNER_HANDOVER_TURNS = envint("RUNNER_HANDOVER_TURNS", 5)
+# Download tasks are sent while the broker holds fewer messages than this; the rest wait in the
+# database (due), so that a runner's message never queues behind a long line of downloads.
+DOWNLOAD_QUEUE_MAX = envint("DOWNLOAD_QUEUE_MAX", 8)
 PIPELINE_RUNNERS = envint("PIPELINE_RUNNERS", 1)
 
 # Two workers are mostly taken by the submission and poll runners; the others download.

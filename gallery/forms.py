@@ -45,7 +45,10 @@ class GenerationForm(forms.ModelForm):
     prompt = forms.CharField(
         max_length=provider.PROMPT_MAX_LENGTH,
         widget=forms.Textarea(
-            attrs={"rows": 3, "placeholder": "A banana astronaut floating above a neon city…"}
+            attrs={
+                "rows": 1,
+                "placeholder": "Describe an image: a banana astronaut above a neon city…",
+            }
         ),
         error_messages={
             "required": "Write a prompt: describe the image you want.",
@@ -112,6 +115,11 @@ class GalleryFilterForm(forms.Form):
         required=False, choices=[("", "Any size")] + [(v, v) for v in provider.RESOLUTIONS]
     )
     before = forms.IntegerField(required=False, min_value=1, widget=forms.HiddenInput)
+
+    def __init__(self, *args, **kwargs) -> None:
+        # Its own ids: the composer on the same page has fields of the same names.
+        kwargs.setdefault("auto_id", "filter_%s")
+        super().__init__(*args, **kwargs)
 
     def filter(self, queryset: GenerationQuerySet) -> GenerationQuerySet:
         """Apply the valid filters; a bad value is ignored rather than shown as an error."""

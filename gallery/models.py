@@ -157,6 +157,13 @@ class ProviderAccount(models.Model):
         ProviderAccount.objects.filter(pk=self.pk).update(create_not_before=self.create_not_before)
         return [start + spacing * i for i in range(count)]
 
+    @classmethod
+    def reserve_late_send(cls, now: datetime) -> datetime:
+        """A fresh send time for a createTask whose reserved time passed unsent: at the end
+        of the site's schedule, so that it never shares a second with sends reserved since."""
+        with transaction.atomic():
+            return cls.locked().reserve_creates(now, 1)[0]
+
     def reserve_queries(self, now: datetime, count: int) -> None:
         """Spend `count` recordInfo calls of the site's budget (AIGPTIMAGE_POLL_BUDGET a second)."""
         start = max(now, self.query_not_before or now)
@@ -559,6 +566,26 @@ class Generation(models.Model):
         return not self.is_finished
 
     @property
+    def shape_class(self) -> str:
+        """The CSS class of its tile's shape: its image's own ratio once there is one, else
+        the ratio asked for (square for "auto")."""
+        image = next(iter(self.images.all()), None)
+        if image is not None and image.height:
+            return aspect_class(image.width / image.height)
+        if self.aspect_ratio in provider.ASPECT_RATIOS and self.aspect_ratio != "auto":
+            return "ar-" + self.aspect_ratio.replace(":", "-")
+        return "ar-1-1"
+
+    @property
+    def meta_text(self) -> str:
+        """Its settings and render time in one line, for the viewer's info panel."""
+        parts = [self.aspect_ratio, self.resolution, self.output_format.upper()]
+        if self.cost_time_ms:
+            parts.append(f"rendered in {self.cost_time_ms / 1000:.1f} s")
+        parts.append(self.created_at.strftime("%-d %b %Y, %H:%M"))
+        return " · ".join(parts)
+
+    @property
     def status_text(self) -> str:
         """The state in words a user understands."""
         if self.status == self.Status.QUEUED and self.retry_at and self.retry_at > timezone.now():
@@ -678,7 +705,8 @@ class Generation(models.Model):
         return self._transition(self.AT_PROVIDER, **fields)
 
     def mark_succeeded(self, record: provider.TaskRecord) -> bool:
-        """The task is done at the provider: its result URLs go to a download task."""
+        """The task is done at the provider: due for a download task at once (the poll runner
+        hands it over, see tasks.hand_over_downloads)."""
         now = timezone.now()
         return self._transition(
             self.AT_PROVIDER,
@@ -692,7 +720,7 @@ class Generation(models.Model):
             poll_count=F("poll_count") + 1,
             next_poll_at=None,
             lease_until=None,
-            retry_at=None,
+            retry_at=now,
             download_attempts=0,
         )
 
@@ -991,6 +1019,17 @@ def forget_poll_plans() -> None:
 def first_poll_delay(resolution: str) -> float:
     schedule = poll_schedule(resolution)
     return schedule.offsets[0] if schedule is not None else settings.AIGPTIMAGE_POLL_INTERVAL
+
+
+def aspect_class(ratio: float) -> str:
+    """The CSS class (static/css/app.css) of the provider's aspect ratio nearest to `ratio`."""
+    known = [r for r in provider.ASPECT_RATIOS if r != "auto"]
+
+    def distance(name: str) -> float:
+        width, height = (int(v) for v in name.split(":"))
+        return abs(math.log(ratio * height / width))
+
+    return "ar-" + min(known, key=distance).replace(":", "-")
 
 
 def _delete_files(names: list[str]) -> None:

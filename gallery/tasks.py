@@ -21,6 +21,7 @@ Every function here is safe to run twice.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import logging
 import tempfile
@@ -35,6 +36,7 @@ from django.conf import settings
 from django.core.files.base import File
 from django.db import IntegrityError, close_old_connections, connection
 from django.utils import timezone
+from django_q.brokers import get_broker
 from django_q.tasks import async_task
 
 from gallery import provider
@@ -219,9 +221,11 @@ def wake_submission() -> None:
 
 
 def has_submission_work(now) -> bool:
-    """Queued work that may be sent soon; while paused, only when the next probe is due."""
+    """Queued work that may be sent soon; while paused, only when the next probe is due
+    within a turn (a later probe is sent by the next reconcile)."""
     account = ProviderAccount.get()
-    if account.is_paused and account.probe_at and account.probe_at > now:
+    turn = timedelta(seconds=settings.RUNNER_SECONDS)
+    if account.is_paused and account.probe_at and account.probe_at > now + turn:
         return False
     soon = now + timedelta(seconds=2)
     return (
@@ -270,6 +274,7 @@ def send_batch(
     pending: list[tuple[Generation, Future]] = []
     outcomes: list[SubmitOutcome] = []
     woken = False
+    grace = max(0.05, 0.5 / settings.AIGPTIMAGE_CREATE_RATE)  # half a send's spacing
 
     def record(block: bool) -> None:
         nonlocal woken
@@ -283,9 +288,16 @@ def send_batch(
                 wake("poll")
                 woken = True
 
-    for generation, send_at in batch:
+    for generation, reserved in batch:
+        send_at = reserved
         while True:
             record(block=False)
+            now = timezone.now()
+            if (now - send_at).total_seconds() > grace:
+                # This worker got to it late (a loaded machine): sent now, it could share one
+                # second with the sends reserved after it and draw a 429. It takes a fresh
+                # time at the end of the schedule instead.
+                send_at = ProviderAccount.reserve_late_send(now)
             wait = (send_at - timezone.now()).total_seconds()
             if wait <= 0 or SubmitOutcome.HOLD in outcomes:
                 break
@@ -294,23 +306,12 @@ def send_batch(
             generation.requeue()
             runner.let_go([generation.pk])
             continue
-        pending.append((generation, pool.submit(_create_task, client, generation, send_at)))
+        pending.append((generation, pool.submit(_create_task, client, generation)))
     record(block=True)
     return outcomes
 
 
-class SentTooLate(Exception):
-    """A createTask that would go out well after its reserved time is not sent: sent late it
-    could land in the same second as the sends reserved after it, and draw a 429."""
-
-
-def _create_task(
-    client: provider.ProviderClient, generation: Generation, send_at: datetime
-) -> str | Exception:
-    # The thread may start late on a loaded machine; the grace is half a send's spacing.
-    grace = max(0.05, 0.5 / settings.AIGPTIMAGE_CREATE_RATE)
-    if (timezone.now() - send_at).total_seconds() > grace:
-        return SentTooLate()
+def _create_task(client: provider.ProviderClient, generation: Generation) -> str | Exception:
     try:
         return client.create_task(
             generation.prompt,
@@ -334,10 +335,6 @@ def apply_submission(generation: Generation, result: str | Exception) -> SubmitO
         generation.mark_submitted(result)
         return SubmitOutcome.ACCEPTED
     error = result
-    if isinstance(error, SentTooLate):
-        # Not sent: back to the queue, and the next claim reserves fresh send times.
-        generation.requeue()
-        return SubmitOutcome.HOLD
     if isinstance(error, provider.Conflict):
         # The provider's active-task slots are full (perhaps by another client of the same
         # key). Not a failure: the generation waits its turn.
@@ -467,8 +464,7 @@ def apply_poll(generation: Generation, outcome: provider.TaskRecord | Exception)
     """Apply one poll's outcome."""
     if isinstance(outcome, provider.TaskRecord):
         if outcome.succeeded:
-            if generation.mark_succeeded(outcome):
-                async_task("gallery.tasks.download_images", generation.pk, task_name="download")
+            generation.mark_succeeded(outcome)
             return PollOutcome.SUCCEEDED
         if outcome.failed:
             generation.mark_provider_failed(outcome)
@@ -521,11 +517,23 @@ def apply_poll(generation: Generation, outcome: provider.TaskRecord | Exception)
     return PollOutcome.RETRY
 
 
+@functools.cache
+def _broker():
+    """This process's connection to django-q2's broker (the database or Redis)."""
+    return get_broker()
+
+
 def hand_over_downloads(now) -> int:
-    """Send a download task for each download past its backoff or left by a dead worker."""
+    """Send a download task for each download that is due (just finished, past its backoff,
+    or left by a dead worker), but keep the queue short: the runners' own messages (a
+    successor, a wake-up) must not wait behind a backlog of downloads. What is not sent now
+    stays due in the database and goes on a later turn."""
+    room = min(DOWNLOAD_HANDOVER_BATCH, settings.DOWNLOAD_QUEUE_MAX - _broker().queue_size())
+    if room <= 0:
+        return 0
     handed = 0
-    due = Generation.objects.due_for_download(now).values_list("pk", flat=True)
-    for pk in list(due[:DOWNLOAD_HANDOVER_BATCH]):
+    due = Generation.objects.due_for_download(now).order_by("retry_at").values_list("pk", flat=True)
+    for pk in list(due[:room]):
         # Compare-and-set, so that two runners never send the same download twice.
         taken = (
             Generation.objects.due_for_download(now)

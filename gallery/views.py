@@ -83,10 +83,13 @@ def _gallery_page(request: HttpRequest, filters: GalleryFilterForm) -> dict:
 
 def _gallery_context(request: HttpRequest, form: GenerationForm) -> dict:
     filters = GalleryFilterForm(request.GET)
+    mine = Generation.objects.owned_by(request.user)
     return {
         "form": form,
         "filters": filters,
-        "counts": Generation.objects.owned_by(request.user).counts(),
+        "counts": mine.counts(),
+        # "8 of 65 shown" when a filter is on.
+        "shown": filters.filter(mine).count() if filters.is_filtered else None,
         **_gallery_page(request, filters),
     }
 
@@ -248,7 +251,13 @@ def favorite(request: HttpRequest, pk: int) -> HttpResponse:
     generation.is_favorite = request.POST.get("favorite") == "1"
     generation.save(update_fields=["is_favorite", "updated_at"])
     if request.htmx:
-        context = {"generation": generation, "labelled": "labelled" in request.POST}
+        context = {
+            "generation": generation,
+            "labelled": "labelled" in request.POST,
+            # The gallery's counters follow at once (an out-of-band swap).
+            "favorite_changed": True,
+            "counts": Generation.objects.owned_by(request.user).counts(),
+        }
         return render(request, "gallery/index.html#favorite", context)
     return redirect(_next_url(request, generation.get_absolute_url()))
 
@@ -265,7 +274,11 @@ def bulk(request: HttpRequest) -> HttpResponse:
     action = form.cleaned_data["action"]
     if action == "delete":
         if not form.cleaned_data["confirm"]:
-            context = {"generations": list(selected), "bulk": True}
+            context = {
+                "generations": list(selected),
+                "bulk": True,
+                "next": _next_url(request, reverse("gallery:index")),
+            }
             return render(request, "gallery/confirm_delete.html", context)
         deleted = selected.delete_with_files()
         text = ngettext("Deleted %(n)d image.", "Deleted %(n)d images.", deleted)
@@ -285,7 +298,8 @@ def bulk(request: HttpRequest) -> HttpResponse:
                 updated,
             )
         messages.success(request, text % {"n": updated})
-    return redirect("gallery:index")
+    # Back to the gallery as it was: the same filter and search.
+    return redirect(_next_url(request, reverse("gallery:index")))
 
 
 # Sharing

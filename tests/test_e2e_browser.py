@@ -43,6 +43,15 @@ class Stack:
     url: str
     simulator_url: str
     artifacts: Path
+    env: dict
+
+    def shell(self, code: str) -> str:
+        """Run Python in `manage.py shell` against the stack's database; its output."""
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "manage.py"), "shell", "-c", code],
+            env=self.env, check=True, capture_output=True, text=True,
+        )  # fmt: skip
+        return done.stdout
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +73,7 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         "AIGPTIMAGE_POLL_INTERVAL": "0.3",
         "AIGPTIMAGE_POLL_MAX_INTERVAL": "0.5",
         "Q_WORKERS": "3",
+        "AIGPTIMAGE_PAUSE_PROBE": "2",
         "DEBUG": "0",
         "SITE_URL": f"http://127.0.0.1:{port}",
     }
@@ -79,7 +89,7 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
             log=log,
             ready=url + "/accounts/login/",
         ):
-            yield Stack(url=url, simulator_url=simulator.base_url, artifacts=tmp)
+            yield Stack(url=url, simulator_url=simulator.base_url, artifacts=tmp, env=env)
     finally:
         simulator.shutdown()
         simulator.server_close()
@@ -117,11 +127,11 @@ def test_it_signs_up_generates_and_shows_the_image_without_a_reload(stack, brows
     page.select_option("#id_aspect_ratio", "16:9")
     page.click("button.button--generate")
 
-    card = page.locator("article.card").first
+    card = page.locator("article.tile").first
     card.wait_for()
     assert card.get_attribute("data-status") != "done"
-    assert card.locator(".card-state").inner_text()  # the state in words
-    assert card.locator(".card-elapsed").inner_text().endswith("s")
+    assert card.locator(".tile-state").inner_text()  # the state in words
+    assert card.locator(".tile-elapsed").inner_text().endswith("s")
     assert page.input_value("#id_prompt") == ""  # a fresh form for the next prompt
     page.screenshot(path=str(stack.artifacts / "pending.png"))
 
@@ -134,9 +144,9 @@ def test_it_signs_up_generates_and_shows_the_image_without_a_reload(stack, brows
     # The poller stops once nothing is pending.
     assert page.locator("#poller[hx-trigger]").count() == 0
 
-    # Open the image: the card leads to its detail page, which shows the full image.
-    card.locator("a.card-link").click()
-    page.wait_for_url("**/generations/*/")
+    # The card's link is its detail page (the viewer opens over it with JavaScript; the
+    # viewer has a test of its own), which shows the full image.
+    page.goto(stack.url + card.locator("a.tile-link").get_attribute("href"))
     full = page.locator(".detail-figure img")
     full.wait_for()
     # Waits are arrow functions: Playwright evals a bare expression on every poll after the
@@ -159,13 +169,13 @@ def test_it_shows_the_reason_for_a_failure_and_retries(stack, browser):
     sign_up(page, stack, "fred")
     page.fill("#id_prompt", "something the service refuses [sim:fail]")
     page.click("button.button--generate")
-    card = page.locator("article.card").first
-    card.locator(".card-reason").wait_for(timeout=30_000)
+    card = page.locator("article.tile").first
+    card.locator(".tile-reason").wait_for(timeout=30_000)
     assert card.get_attribute("data-status") == "failed"
-    assert card.locator(".card-reason").inner_text()
+    assert card.locator(".tile-reason").inner_text()
     card.get_by_role("button", name="Retry").click()
     page.wait_for_function(
-        "() => document.querySelector('article.card').dataset.status !== 'failed'",
+        "() => document.querySelector('article.tile').dataset.status !== 'failed'",
         timeout=10_000,
     )
     context.close()
@@ -177,9 +187,8 @@ def test_it_shares_an_image_and_revokes_the_link(stack, browser):
     sign_up(page, stack, "gina")
     page.fill("#id_prompt", "a paper boat on a rainy street")
     page.click("button.button--generate")
-    page.locator("article.card img").wait_for(timeout=30_000)
-    page.locator("article.card a.card-link").click()
-    page.wait_for_url("**/generations/*/")
+    page.locator("article.tile img").wait_for(timeout=30_000)
+    page.goto(stack.url + page.locator("article.tile a.tile-link").get_attribute("href"))
 
     page.check("input[name=show_prompt]")
     page.select_option("select[name=expires_in_hours]", "24")
@@ -216,3 +225,200 @@ def test_it_shares_an_image_and_revokes_the_link(stack, browser):
     assert public.reload().status == 404
     for context in (owner, visitor, fresh):
         context.close()
+
+
+# The image-first gallery: every page whole, undistorted, accessible, in both themes and sizes.
+
+AXE = ROOT / "tests" / "vendor" / "axe-core" / "axe.min.js"
+VIEWPORTS = [(1440, 900), (375, 812)]
+SCHEMES = ["light", "dark"]
+SEED = """
+import json
+from django.contrib.auth.models import User
+from gallery.models import ShareLink
+from tests.factories import image_size, make_generation, make_image
+user = User.objects.create_user("uma", password="a-long-pass-phrase")
+made = []
+for i, ratio in enumerate(["16:9", "1:1", "9:16", "21:9", "3:4", "8:1", "2:3", "4:3", "1:4"]):
+    generation = make_generation(user, prompt=f"secret prompt {i} of uma", aspect_ratio=ratio,
+                                 cost_time_ms=9000 + i * 700, is_favorite=i == 1)
+    make_image(generation, *image_size(ratio))
+    made.append(generation)
+make_generation(user, prompt="refused", status="failed", fail_message="Refused, change it.")
+link = ShareLink.objects.create(image=made[2].images.get(), show_prompt=False)
+print(json.dumps({"detail": made[0].pk, "token": link.token}))
+"""
+
+
+@pytest.fixture(scope="module")
+def gallery(stack, browser):
+    """A user with images of many shapes and a share link; the browser's signed-in state."""
+    import json
+
+    seeded = json.loads(stack.shell(SEED).strip().splitlines()[-1])
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(stack.url + "/accounts/login/")
+    page.fill("#id_username", "uma")
+    page.fill("#id_password", "a-long-pass-phrase")
+    page.click("button[type=submit]")
+    page.wait_for_url(stack.url + "/")
+    state = context.storage_state()
+    context.close()
+    return {**seeded, "state": state}
+
+
+def watch_csp(page) -> list[str]:
+    """Every Content-Security-Policy violation the page reports."""
+    seen: list[str] = []
+    page.on("console", lambda m: "Content Security Policy" in m.text and seen.append(m.text))
+    return seen
+
+
+def check_page(page) -> None:
+    """No sideways scrolling, and every image drawn at its own aspect ratio (within 2 %)."""
+    page.wait_for_load_state("networkidle")
+    page.wait_for_function("() => [...document.images].every(i => i.complete)", timeout=10_000)
+    overflow = page.evaluate(
+        "() => document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    )
+    assert overflow <= 0, f"{page.url} scrolls sideways by {overflow} px"
+    distorted = page.evaluate(
+        """() => [...document.images].filter(i => i.naturalWidth && i.offsetParent).map(i => {
+            const box = i.getBoundingClientRect();
+            const natural = i.naturalWidth / i.naturalHeight;
+            const drawn = box.width / box.height;
+            const fit = getComputedStyle(i).objectFit;
+            const whole = fit === "contain" || fit === "scale-down";
+            const ok = whole || Math.abs(drawn / natural - 1) <= 0.02;
+            return {src: i.src, natural, drawn, fit, ok};
+        }).filter(r => !r.ok)"""
+    )
+    assert not distorted, f"{page.url}: {distorted}"
+
+
+def axe_violations(browser, url: str, state, viewport, scheme, before=None) -> list[str]:
+    """Critical and serious axe-core findings, in a context of its own that lets axe in."""
+    context = browser.new_context(
+        storage_state=state, viewport=dict(zip(("width", "height"), viewport, strict=True)),
+        color_scheme=scheme, bypass_csp=True,
+    )  # fmt: skip
+    page = context.new_page()
+    page.goto(url)
+    page.wait_for_load_state("networkidle")
+    if before:
+        before(page)
+    page.add_script_tag(path=str(AXE))
+    results = page.evaluate("() => axe.run(document, {resultTypes: ['violations']})")
+    context.close()
+    return [
+        f"{v['id']} ({v['impact']}): {[n['target'] for n in v['nodes']][:3]}"
+        for v in results["violations"]
+        if v["impact"] in ("critical", "serious")
+    ]
+
+
+def open_viewer(page) -> None:
+    # Near the top: the tile's actions sit at its bottom.
+    page.locator(".tile--done a.tile-link").first.click(position={"x": 8, "y": 8})
+    page.locator(".pswp--open").wait_for()
+    # Open once the opening fade is over: the viewer then holds the keyboard focus.
+    page.wait_for_function("() => document.activeElement?.closest('.pswp') !== null")
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("viewport", VIEWPORTS, ids=["desktop", "phone"])
+def test_it_draws_every_page_whole_and_accessible(stack, browser, gallery, viewport, scheme):
+    pages = {
+        "gallery": "/",
+        "viewer": "/",
+        "detail": f"/generations/{gallery['detail']}/",
+        "shares": "/shares/",
+        "share": f"/s/{gallery['token']}/",
+    }
+    context = browser.new_context(
+        storage_state=gallery["state"],
+        viewport=dict(zip(("width", "height"), viewport, strict=True)),
+        color_scheme=scheme,
+    )
+    page = context.new_page()
+    violations = watch_csp(page)
+    problems = []
+    for name, path in pages.items():
+        page.goto(stack.url + path)
+        before = open_viewer if name == "viewer" else None
+        if before:
+            page.wait_for_load_state("networkidle")
+            before(page)
+        check_page(page)
+        page.screenshot(path=str(stack.artifacts / f"{name}-{viewport[0]}-{scheme}.png"))
+        state = gallery["state"]
+        found = axe_violations(browser, stack.url + path, state, viewport, scheme, before)
+        problems += [f"{name}: {v}" for v in found]
+    assert not problems, problems
+    assert not violations, violations
+    context.close()
+
+
+def at(page, url: str) -> None:
+    """Wait for the address bar to show `url` (the viewer changes it without a navigation)."""
+    page.wait_for_function(f"() => location.href === {url!r}", timeout=5_000)
+
+
+def test_it_walks_the_viewer_with_the_keyboard(stack, browser, gallery):
+    context = browser.new_context(
+        storage_state=gallery["state"], viewport={"width": 1440, "height": 900}
+    )
+    page = context.new_page()
+    violations = watch_csp(page)
+    page.goto(stack.url + "/")
+    page.wait_for_load_state("networkidle")
+    links = page.locator(".tile--done a.tile-link")
+    first, second = links.nth(0).get_attribute("href"), links.nth(1).get_attribute("href")
+    open_viewer(page)
+    assert page.url == stack.url + first  # a viewed image can be linked
+    page.keyboard.press("ArrowRight")
+    at(page, stack.url + second)
+    page.keyboard.press("ArrowLeft")
+    at(page, stack.url + first)
+
+    star = page.locator(".tile--done").first.locator(".favorite button")
+    was = star.get_attribute("aria-pressed")
+    page.keyboard.press("f")
+    star_state = "document.querySelector('.tile--done .favorite button').ariaPressed"
+    page.wait_for_function(f"() => {star_state} !== '{was}'")
+    viewer_star = page.locator(".pswp__button--favorite")
+    expected = "★" if was == "false" else "☆"
+    page.wait_for_function(
+        f"() => document.querySelector('.pswp__button--favorite').textContent === '{expected}'"
+    )
+    assert viewer_star.get_attribute("aria-pressed") == ("true" if was == "false" else "false")
+
+    page.keyboard.press("i")
+    assert "secret prompt" in page.locator(".pswp__info").inner_text()
+    page.keyboard.press("Escape")
+    page.locator(".pswp--open").wait_for(state="detached")
+    at(page, stack.url + "/")
+    page.keyboard.press("?")
+    assert page.locator("#help").is_visible()
+    assert not violations, violations
+    context.close()
+
+
+def test_it_shows_a_pause_and_its_end_without_a_reload(stack, browser):
+    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    page = context.new_page()
+    sign_up(page, stack, "paula")
+    page.evaluate("window.__sameDocument = true")
+    page.fill("#id_prompt", "out of credits for a moment [sim:402=3]")
+    page.click("button.button--generate")
+    banner = page.locator("#pause-banner .banner")
+    banner.wait_for(timeout=20_000)
+    assert "credit" in banner.inner_text().lower()
+    page.locator("article.tile .tile-placeholder--paused").wait_for(timeout=10_000)
+    assert "Paused" in page.locator("article.tile .tile-state").first.inner_text()
+    # The key works again: the banner goes, the image comes, and the page never reloaded.
+    page.locator("article.tile img").wait_for(timeout=60_000)
+    banner.wait_for(state="detached", timeout=10_000)
+    assert page.evaluate("window.__sameDocument") is True
+    context.close()

@@ -275,7 +275,7 @@ def test_it_says_how_many_in_words(client, alice, action, one, two):
         data = {"action": action, "ids": ids, "confirm": "1"}
         html = client.post(reverse("gallery:bulk"), data, follow=True).content.decode()
         assert words in html
-        assert "(s)" not in html
+        assert "image(s)" not in html
 
 
 def test_it_counts_favourites_in_words(client, alice):

@@ -273,7 +273,8 @@ def test_it_refreshes_pending_cards_out_of_band(client, alice, done_image):
     response = client.get(reverse("gallery:updates"), {"ids": f"{pending.pk},{done.pk}"})
     html = response.content.decode()
     assert f'id="card-{done.pk}"' in html and f'id="card-{pending.pk}"' in html
-    assert html.count('hx-swap-oob="true"') == 4  # two cards, the poller, the counters
+    # Two cards, the poller, the counters and the pause banner.
+    assert html.count('hx-swap-oob="true"') == 5
     assert 'id="counts"' in html
     assert reverse("gallery:thumbnail", args=[done_image.pk]) in html
     assert "Queued" in html
@@ -316,7 +317,7 @@ def test_it_counts_a_retried_cards_time_from_the_retry(client, alice):
     )
     refreshed = client.get(reverse("gallery:updates"), {"ids": str(generation.pk)})
     for response in (retried, refreshed):
-        clock = re.search(r'<p class="card-elapsed">([^<]*)</p>', response.content.decode())
+        clock = re.search(r'<p class="tile-elapsed">([^<]*)</p>', response.content.decode())
         assert clock and clock.group(1) in ("0 s", "1 s", "2 s")
     generation.refresh_from_db()
     assert generation.created_at == long_ago  # when it was first made, for the detail page

@@ -249,6 +249,9 @@ def test_it_pauses_all_submission_and_resumes_when_the_key_works(
 ):
     # Sends 0.5 s apart, so the first answer (the pause) arrives before a second could go.
     settings.AIGPTIMAGE_CREATE_RATE = 2.0
+    # Probes further apart than a runner's turn (0.5 s): a runner waits only for a probe that
+    # is due within its turn, and the reconcile sends the later ones.
+    settings.AIGPTIMAGE_PAUSE_PROBE = 0.8
     sim = simulator.simulator
     if break_key == "401":
         sim.config.api_keys = {"another-key": "basic"}
@@ -278,7 +281,7 @@ def test_it_pauses_all_submission_and_resumes_when_the_key_works(
     else:
         sim.config.credits = None
     # The every-minute reconcile probes once the probe interval has passed.
-    time.sleep(0.35)
+    time.sleep(0.85)
     tasks.reconcile()
     run_queued_tasks(until=finished(first, second))
     assert not ProviderAccount.get().is_paused
@@ -317,6 +320,7 @@ def test_it_retries_a_failed_download_without_generating_again(alice, simulator,
     Generation.objects.filter(pk=generation.pk).update(
         result_urls=["http://127.0.0.1:9/refused.png"]
     )
+    settings.AIGPTIMAGE_RETRY_BASE = 30.0  # so that the next try is plainly in the future
     assert tasks.download_images(generation.pk) == tasks.DownloadOutcome.RETRY
     generation.refresh_from_db()
     assert generation.status == Generation.Status.DOWNLOADING
@@ -425,26 +429,24 @@ def test_it_paces_create_task_under_the_tier_rate(alice, settings):
 
 
 def test_it_does_not_send_a_create_task_well_after_its_reserved_time(alice, settings, simulator):
-    """A worker starved of CPU finds its send times passed: it sends nothing late (a late send
-    could share a second with the next ones and draw a 429) and claims afresh."""
-    settings.AIGPTIMAGE_CREATE_RATE = 4.0
+    """A worker starved of CPU finds its send times passed: it does not send them at once (a
+    burst could share a second with the sends reserved after them and draw a 429) but takes
+    fresh times at the end of the site's schedule."""
+    settings.AIGPTIMAGE_CREATE_RATE = 10.0
     for i in range(3):
         Generation.objects.create(owner=alice, prompt=f"starved {i}")
     batch = Generation.objects.claim_for_submission(timezone.now(), 3)
+    scheduled_until = ProviderAccount.get().create_not_before
     late = [(g, at - timedelta(seconds=1)) for g, at in batch]
     runner = tasks.Runner("submit", "submit:0", "test")
+    started = time.monotonic()
     with ThreadPoolExecutor(2) as pool:
         outcomes = tasks.send_batch(late, provider.get_client(), pool, runner)
-    assert outcomes[0] is tasks.SubmitOutcome.HOLD
-    assert simulator.simulator.status()["createTask"]["calls"] == 0
-    assert Generation.objects.queued().count() == 3
-    # The next claim reserves times from now on, and those go out.
-    Generation.objects.update(retry_at=None)
-    ProviderAccount.objects.update(create_not_before=None)
-    batch = Generation.objects.claim_for_submission(timezone.now(), 3)
-    with ThreadPoolExecutor(2) as pool:
-        outcomes = tasks.send_batch(batch, provider.get_client(), pool, runner)
     assert outcomes == [tasks.SubmitOutcome.ACCEPTED] * 3
+    # Three fresh times after the schedule's end, a tenth of a second apart.
+    clock = ProviderAccount.get().create_not_before
+    assert (clock - scheduled_until).total_seconds() == pytest.approx(0.3, abs=0.01)
+    assert time.monotonic() - started >= 0.35  # it waited for them
 
 
 def test_it_never_claims_more_slots_from_parallel_workers(alice, settings, simulator):
@@ -626,3 +628,26 @@ def test_it_stores_every_result_of_a_retry_after_a_partial_download(
     images = list(generation.images.all())
     assert [image.index for image in images] == [0, 1]
     assert first_try.pk not in {image.pk for image in images}
+
+
+def test_it_keeps_the_queue_short_and_hands_the_other_downloads_over_later(alice, settings):
+    """Downloads wait in the database, not in the queue, beyond DOWNLOAD_QUEUE_MAX messages:
+    a runner's own message never queues behind a long line of them."""
+    from django_q.models import OrmQ
+
+    settings.DOWNLOAD_QUEUE_MAX = 2
+    now = timezone.now()
+    for i in range(5):
+        Generation.objects.create(
+            owner=alice,
+            prompt=f"finished {i}",
+            status=Generation.Status.DOWNLOADING,
+            result_urls=["https://files.example/x.png"],
+            retry_at=now,
+        )
+    assert tasks.hand_over_downloads(now) == 2
+    assert OrmQ.objects.count() == 2
+    assert tasks.hand_over_downloads(now) == 0  # the queue is full
+    assert Generation.objects.due_for_download(now).count() == 3  # and they are not lost
+    OrmQ.objects.all().delete()  # the workers took those two
+    assert tasks.hand_over_downloads(now) == 2

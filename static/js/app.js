@@ -1,3 +1,9 @@
+// Small behaviours that htmx does not cover. Every page works without them.
+import { startGrid } from "./grid.js";
+import { startViewer } from "./viewer.js";
+
+const root = document.documentElement;
+
 // Copy buttons: data-copy="#selector" copies that element's text, data-copy-value its value.
 document.addEventListener("click", async (event) => {
   const button = event.target.closest("[data-copy], [data-copy-value]");
@@ -12,3 +18,159 @@ document.addEventListener("click", async (event) => {
     button.textContent = "Select and copy";
   }
 });
+
+// Theme: the toggle switches between light and dark and remembers the choice in this browser.
+function currentTheme() {
+  return root.dataset.theme || (matchMedia("(prefers-color-scheme: dark)").matches ? "dark" : "light");
+}
+function showTheme() {
+  const dark = currentTheme() === "dark";
+  for (const button of document.querySelectorAll("[data-theme-toggle]")) {
+    button.setAttribute("aria-pressed", String(dark));
+    button.textContent = dark ? "Light theme" : "Dark theme";
+  }
+}
+document.addEventListener("click", (event) => {
+  if (!event.target.closest("[data-theme-toggle]")) return;
+  const next = currentTheme() === "dark" ? "light" : "dark";
+  root.dataset.theme = next;
+  try { localStorage.setItem("theme", next); } catch { /* private mode */ }
+  showTheme();
+});
+showTheme();
+
+// The composer: a counter up to the prompt's limit, Ctrl/Cmd+Enter submits.
+function wireComposer() {
+  const prompt = document.querySelector("#generate-form textarea");
+  if (!prompt || prompt.dataset.wired) return;
+  prompt.dataset.wired = "1";
+  const counter = document.querySelector("#prompt-counter");
+  const max = Number(prompt.getAttribute("maxlength")) || 20000;
+  const count = () => {
+    if (counter) counter.textContent = `${prompt.value.length.toLocaleString()} / ${max.toLocaleString()}`;
+  };
+  prompt.addEventListener("input", count);
+  prompt.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
+      event.preventDefault();
+      prompt.form.requestSubmit();
+    }
+  });
+  count();
+}
+
+// Filters apply on change; the Filter button is for browsers without JavaScript.
+document.addEventListener("change", (event) => {
+  const form = event.target.closest("form.filters");
+  if (form && event.target.type !== "search") form.requestSubmit();
+});
+let searchTimer;
+document.addEventListener("input", (event) => {
+  const form = event.target.closest("form.filters");
+  if (!form || event.target.type !== "search") return;
+  clearTimeout(searchTimer);
+  searchTimer = setTimeout(() => form.requestSubmit(), 400);
+});
+
+// Select mode: a bar with "N selected", select all, shift-click ranges, Esc clears.
+const gallery = () => document.querySelector(".gallery");
+function boxes() { return [...document.querySelectorAll(".tile-select input")]; }
+function showSelection() {
+  const section = gallery();
+  if (!section) return;
+  const count = boxes().filter((box) => box.checked).length;
+  const label = section.querySelector("#bulk-count");
+  if (label) label.textContent = count === 1 ? "1 selected" : `${count} selected`;
+  for (const button of section.querySelectorAll("#bulk-form button[name=action]")) button.disabled = count === 0;
+}
+function setSelecting(on) {
+  const section = gallery();
+  if (!section) return;
+  section.classList.toggle("selecting", on);
+  section.querySelector("[data-select-toggle]")?.setAttribute("aria-pressed", String(on));
+  if (!on) for (const box of boxes()) box.checked = false;
+  showSelection();
+}
+let lastBox = null;
+document.addEventListener("click", (event) => {
+  if (event.target.closest("[data-select-toggle]")) {
+    setSelecting(!gallery().classList.contains("selecting"));
+    return;
+  }
+  if (event.target.closest("[data-select-all]")) {
+    for (const box of boxes()) box.checked = true;
+    showSelection();
+    return;
+  }
+  const box = event.target.closest(".tile-select input");
+  if (box) {
+    if (event.shiftKey && lastBox && lastBox !== box) {
+      const all = boxes();
+      const [from, to] = [all.indexOf(lastBox), all.indexOf(box)].sort((a, b) => a - b);
+      for (const other of all.slice(from, to + 1)) other.checked = box.checked;
+    }
+    lastBox = box;
+    showSelection();
+    return;
+  }
+  // In select mode a click on an image selects it instead of opening it.
+  const tile = event.target.closest(".selecting .tile");
+  if (tile && !event.target.closest("form")) {
+    event.preventDefault();
+    const input = tile.querySelector(".tile-select input");
+    if (input) { input.checked = !input.checked; lastBox = input; showSelection(); }
+    return;
+  }
+  // On touch screens the "…" button shows a tile's actions.
+  const more = event.target.closest(".tile-more");
+  if (more) {
+    const open = more.closest(".tile").classList.toggle("tile--open");
+    more.setAttribute("aria-expanded", String(open));
+  }
+});
+
+// Keys: ? for help, s for select mode, Esc clears the selection (the viewer has its own keys).
+function typing(event) {
+  return event.target.closest("input, textarea, select, [contenteditable]");
+}
+document.addEventListener("keydown", (event) => {
+  if (typing(event) || event.ctrlKey || event.metaKey || event.altKey) return;
+  if (document.querySelector(".pswp--open")) return;
+  if (event.key === "?") {
+    event.preventDefault();
+    document.querySelector("#help")?.showModal();
+  } else if (event.key === "s" && gallery()) {
+    setSelecting(!gallery().classList.contains("selecting"));
+  } else if (event.key === "Escape" && gallery()?.classList.contains("selecting")) {
+    setSelecting(false);
+  }
+});
+
+// The menu is open in the markup (so that it shows without JavaScript); on a phone it folds.
+const narrow = matchMedia("(max-width: 760px)");
+function fitMenu() {
+  const menu = document.querySelector("[data-menu]");
+  if (menu) menu.open = !narrow.matches;
+  fitFolds(true);
+}
+// The composer's settings and the filters fold on a phone (they stay open if a filter is on).
+function fitFolds(all) {
+  for (const fold of document.querySelectorAll("[data-wide-open]")) {
+    if (!all && fold.dataset.fitted) continue;
+    fold.open = !narrow.matches || fold.dataset.keepOpen === "1";
+    fold.dataset.fitted = "1";
+  }
+}
+narrow.addEventListener("change", fitMenu);
+fitMenu();
+
+function wire() {
+  fitFolds(false);
+  wireComposer();
+  showSelection();
+  showTheme();
+}
+document.addEventListener("htmx:afterSettle", wire);
+wire();
+startGrid();
+startViewer();

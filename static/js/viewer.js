@@ -1,0 +1,201 @@
+// The viewer: PhotoSwipe 5 (vendored in static/vendor/photoswipe) over the gallery grid.
+// Each tile's link points at the image's detail page, so without JavaScript the same link
+// works; with it the viewer opens, the address bar shows that page's URL while an image is
+// viewed, and ←/→ walk the gallery in its current filter and order, loading older pages.
+import PhotoSwipeLightbox from "../vendor/photoswipe/photoswipe-lightbox.esm.min.js";
+
+const LINKS = "a.tile-link[data-pswp-src]";
+
+function linkFor(pswp) {
+  return pswp.currSlide?.data?.element ?? null;
+}
+
+function tileFor(link) {
+  return link?.closest(".tile") ?? null;
+}
+
+function favoriteButton(link) {
+  return tileFor(link)?.querySelector(".favorite button[type=submit]") ?? null;
+}
+
+function loadMore(pswp) {
+  const more = document.querySelector("#cards .more[hx-get]");
+  if (!more || more.dataset.loading || !window.htmx) return;
+  more.dataset.loading = "1";
+  window.htmx.ajax("GET", more.getAttribute("hx-get"), { target: more, swap: "outerHTML" }).then(() => {
+    // The gallery grew: recount its images and fill the slide after the current one.
+    if (!pswp.isDestroying && pswp.options.dataSource) {
+      delete pswp.options.dataSource.items;
+      pswp.refreshSlideContent(pswp.currIndex + 1);
+    }
+  });
+}
+
+export function startViewer() {
+  const cards = document.querySelector("#cards");
+  if (!cards) return;
+  const galleryUrl = location.href;
+  let pushed = false;
+
+  const lightbox = new PhotoSwipeLightbox({
+    gallery: "#cards",
+    children: LINKS,
+    pswpModule: () => import("../vendor/photoswipe/photoswipe.esm.min.js"),
+    loop: false,
+    bgOpacity: 0.94,
+    showHideAnimationType: "fade",
+    closeTitle: "Close (Esc)",
+    zoomTitle: "Zoom",
+    arrowPrevTitle: "Previous (←)",
+    arrowNextTitle: "Next (→)",
+    errorMsg: "This image could not be loaded.",
+  });
+
+  // In select mode a click selects instead of opening.
+  lightbox.addFilter("clickedIndex", (index, event) => {
+    if (event.target.closest(".selecting")) event.preventDefault();
+    return event.target.closest(".selecting") ? -1 : index;
+  });
+  lightbox.on("beforeOpen", () => {
+    if (document.querySelector(".gallery.selecting")) lightbox.pswp.close();
+  });
+
+  lightbox.on("afterInit", () => lightbox.pswp.element?.setAttribute("aria-label", "Image viewer"));
+  lightbox.on("uiRegister", () => {
+    const pswp = lightbox.pswp;
+    pswp.ui.registerElement({
+      name: "favorite",
+      order: 8,
+      isButton: true,
+      title: "Favourite (f)",
+      html: "☆",
+      className: "pswp__button--bg-text pswp__button--favorite",
+      onInit: (element) => {
+        const show = () => {
+          const on = favoriteButton(linkFor(pswp))?.getAttribute("aria-pressed") === "true";
+          element.textContent = on ? "★" : "☆";
+          element.classList.toggle("is-on", on);
+          element.setAttribute("aria-pressed", String(on));
+          element.setAttribute("aria-label", on ? "Remove from favourites (f)" : "Add to favourites (f)");
+        };
+        pswp.on("change", show);
+        pswp.on("favoriteChanged", show);
+      },
+      onClick: () => toggleFavorite(pswp),
+    });
+    pswp.ui.registerElement({
+      name: "download",
+      order: 9,
+      isButton: true,
+      tagName: "a",
+      title: "Download (d)",
+      html: "⇩",
+      className: "pswp__button--bg-text pswp__button--download",
+      onInit: (element) => {
+        element.setAttribute("aria-label", "Download (d)");
+        pswp.on("change", () => { element.href = linkFor(pswp)?.dataset.download ?? "#"; });
+      },
+    });
+    pswp.ui.registerElement({
+      name: "info-button",
+      order: 10,
+      isButton: true,
+      title: "Prompt and settings (i)",
+      html: "Info",
+      className: "pswp__button--bg-text pswp__button--info-button",
+      onInit: (element) => element.setAttribute("aria-label", "Info: prompt and settings (i)"),
+      onClick: () => toggleInfo(pswp),
+    });
+    pswp.ui.registerElement({
+      name: "info",
+      order: 11,
+      isButton: false,
+      appendTo: "root",
+      className: "pswp__info",
+      onInit: (element) => {
+        element.hidden = true;
+        element.setAttribute("aria-live", "polite");
+        pswp.on("change", () => {
+          const link = linkFor(pswp);
+          element.replaceChildren();
+          if (!link) return;
+          const prompt = document.createElement("p");
+          prompt.textContent = link.dataset.prompt ?? "";
+          const meta = document.createElement("p");
+          meta.className = "pswp__meta";
+          meta.textContent = link.dataset.meta ?? "";
+          const open = document.createElement("a");
+          open.href = link.href;
+          open.textContent = "Open the details page";
+          element.append(prompt, meta, open);
+        });
+      },
+    });
+  });
+
+  function toggleFavorite(pswp) {
+    const button = favoriteButton(linkFor(pswp));
+    if (!button) return;
+    const form = button.form;
+    form.addEventListener("htmx:afterSettle", () => pswp.dispatch("favoriteChanged"), { once: true });
+    document.addEventListener("htmx:afterSettle", () => pswp.dispatch("favoriteChanged"), { once: true });
+    form.requestSubmit(button);
+  }
+
+  function toggleInfo(pswp) {
+    const info = pswp.element?.querySelector(".pswp__info");
+    if (info) info.hidden = !info.hidden;
+  }
+
+  lightbox.on("change", () => {
+    const pswp = lightbox.pswp;
+    const link = linkFor(pswp);
+    if (link && pushed) history.replaceState({ viewer: true }, "", link.href);
+    if (pswp.currIndex >= pswp.getNumItems() - 3) loadMore(pswp);
+  });
+  lightbox.on("openingAnimationStart", () => {
+    const link = linkFor(lightbox.pswp);
+    if (link) {
+      history.pushState({ viewer: true }, "", link.href);
+      pushed = true;
+    }
+  });
+  // Once open, the keyboard focus moves into the viewer (a dialog), so that its keys work and
+  // a screen reader is in it; it returns to the image's tile when the viewer closes.
+  lightbox.on("openingAnimationEnd", () => {
+    const element = lightbox.pswp.element;
+    if (!element.hasAttribute("tabindex")) element.setAttribute("tabindex", "-1");
+    element.focus({ preventScroll: true });
+  });
+  lightbox.on("close", () => {
+    if (pushed) {
+      pushed = false;
+      history.back();
+    }
+  });
+  addEventListener("popstate", () => {
+    if (lightbox.pswp && pushed) {
+      pushed = false;
+      lightbox.pswp.close();
+    }
+    if (!lightbox.pswp && location.href !== galleryUrl && history.state?.viewer) location.reload();
+  });
+
+  document.addEventListener("keydown", (event) => {
+    const pswp = lightbox.pswp;
+    if (!pswp || event.ctrlKey || event.metaKey || event.altKey) return;
+    if (event.key === "f") {
+      toggleFavorite(pswp);
+    } else if (event.key === "d") {
+      const href = linkFor(pswp)?.dataset.download;
+      if (href) location.assign(href);
+    } else if (event.key === "i") {
+      toggleInfo(pswp);
+    } else if (event.key === "?") {
+      pswp.close();
+      document.querySelector("#help")?.showModal();
+    }
+  });
+
+  lightbox.init();
+}
