@@ -42,6 +42,7 @@ bench: install
 	$(PY) benchmarks/bench_pipeline.py scale
 	$(PY) benchmarks/soak.py
 	$(PY) benchmarks/bench_gallery.py
+	$(PY) benchmarks/bench_thumbnails.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache staticfiles

@@ -246,7 +246,9 @@ IMAGE_MAX_PIXELS = envint("IMAGE_MAX_PIXELS", 40_000_000)
 DOWNLOAD_ATTEMPTS = envint("DOWNLOAD_ATTEMPTS", 8)
 DOWNLOAD_RETRY_MAX = envfloat("DOWNLOAD_RETRY_MAX", 300.0)
 AIGPTIMAGE_RESULT_TTL = envfloat("AIGPTIMAGE_RESULT_TTL", 86400.0)
-THUMBNAIL_SIZE = envint("THUMBNAIL_SIZE", 512)
+# Thumbnails keep the image's shape and are sized by height: this tall for the gallery's rows at
+# 1x, and a second one twice as tall for 2x screens (gallery.provider.thumbnail_size).
+THUMBNAIL_HEIGHT = envint("THUMBNAIL_HEIGHT", 320)
 # The background runners. Each holds a lease that it renews every RUNNER_LEASE / 3 seconds, so a
 # killed worker's work is picked up by another within RUNNER_LEASE seconds. A runner works for
 # RUNNER_SECONDS and then hands over to a fresh copy of itself: short, because a cluster waits

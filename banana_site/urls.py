@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
@@ -12,7 +11,7 @@ urlpatterns = [
     path("accounts/signup/", views.signup, name="signup"),
     path(
         "accounts/login/",
-        ratelimit(key="ip", rate=lambda group, request: settings.RATELIMIT_LOGIN, method="POST")(
+        ratelimit(group="login", key="ip", rate=views.auth_rate, method="POST")(
             auth_views.LoginView.as_view()
         ),
         name="login",

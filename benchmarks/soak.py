@@ -79,7 +79,7 @@ rows = Generation.objects.all()
 exists = default_storage.exists
 missing_files = sum(
     1 for image in Image.objects.filter(generation__status="done")
-    if not (exists(image.file.name) and exists(image.thumbnail.name))
+    if not all(exists(f.name) for f in (image.file, image.thumbnail, image.thumbnail_large))
 )
 print("REPORT " + json.dumps({
     "rows": rows.count(),

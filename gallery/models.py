@@ -13,12 +13,14 @@ from datetime import datetime, timedelta
 from statistics import NormalDist
 
 from django.conf import settings
+from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import models, transaction
 from django.db.models import Count, F, Max, Q
 from django.urls import reverse
 from django.utils import timezone
-from django.utils.text import Truncator
+from django.utils.text import Truncator, slugify
+from PIL import Image as PILImage
 
 from gallery import provider
 
@@ -27,6 +29,16 @@ log = logging.getLogger(__name__)
 
 def _choices(values: tuple[str, ...]) -> list[tuple[str, str]]:
     return [(value, value) for value in values]
+
+
+def plain_message(text: str, said: str = "") -> str:
+    """A message for the user: `text` in plain words, then what the image service said, if it
+    said anything. Its words may follow ours; they are never the whole message, since they are
+    often technical ("internal error") and may be in another voice."""
+    said = said.strip()
+    if not said:
+        return text
+    return f"{text} The image service said: “{said}”{'' if said[-1] in '.!?' else '.'}"
 
 
 class ProviderAccount(models.Model):
@@ -420,7 +432,7 @@ class GenerationQuerySet(models.QuerySet):
                 queues[owner] = list(
                     Generation.objects.ready(now)
                     .filter(owner=owner)
-                    .order_by("created_at", "id")
+                    .order_by("queued_at", "id")
                     .values_list("pk", flat=True)[:limit]
                 )
             if not queues[owner]:
@@ -498,6 +510,9 @@ class Generation(models.Model):
     is_favorite = models.BooleanField(default=False)
 
     created_at = models.DateTimeField(default=timezone.now)
+    # When this try was queued: at creation, and again at each retry. A card's clock, the
+    # timings and the queue's order count from here.
+    queued_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
     # When the provider accepted the task: polling and the task deadline count from here.
     submitted_at = models.DateTimeField(null=True, blank=True)
@@ -588,7 +603,8 @@ class Generation(models.Model):
 
     @property
     def elapsed(self) -> timedelta:
-        return (self.finished_at or timezone.now()) - self.created_at
+        """Time since this try was queued (a retried generation counts from its retry)."""
+        return (self.finished_at or timezone.now()) - self.queued_at
 
     @property
     def elapsed_text(self) -> str:
@@ -599,8 +615,8 @@ class Generation(models.Model):
 
     @property
     def timings(self) -> dict[str, float | None]:
-        """Seconds spent waiting (our queue and the provider's), rendering, and in all."""
-        total = (self.finished_at - self.created_at).total_seconds() if self.finished_at else None
+        """Seconds this try spent waiting (our queue and the provider's), rendering, and in all."""
+        total = (self.finished_at - self.queued_at).total_seconds() if self.finished_at else None
         rendering = self.cost_time_ms / 1000 if self.cost_time_ms is not None else None
         waiting = total - rendering if total is not None and rendering is not None else None
         return {"waiting": waiting, "rendering": rendering, "total": total}
@@ -714,7 +730,9 @@ class Generation(models.Model):
             status=self.Status.FAILED,
             provider_state=record.state,
             fail_code=(record.fail_code or "fail")[:20],
-            fail_message=record.fail_message or "The image service could not make this image.",
+            fail_message=plain_message(
+                "The image service could not make this image.", record.fail_message
+            ),
             provider_created_at=record.create_time or self.provider_created_at,
             provider_completed_at=record.complete_time,
             cost_time_ms=record.cost_time_ms,
@@ -789,7 +807,7 @@ class Generation(models.Model):
                 last_polled_at=None,
                 poll_count=0,
                 poll_errors=0,
-                created_at=timezone.now(),
+                queued_at=timezone.now(),
                 submitted_at=None,
                 provider_created_at=None,
                 provider_completed_at=None,
@@ -813,7 +831,7 @@ class Generation(models.Model):
         return min(settings.AIGPTIMAGE_POLL_MAX_INTERVAL, base * (1 + age / 20))
 
     def is_past_deadline(self, now: datetime) -> bool:
-        started = self.submitted_at or self.created_at
+        started = self.submitted_at or self.queued_at
         return (now - started).total_seconds() > settings.AIGPTIMAGE_TASK_DEADLINE
 
 
@@ -1049,20 +1067,33 @@ class ImageQuerySet(models.QuerySet):
     def owned_by(self, user) -> ImageQuerySet:
         return self.filter(generation__owner=user)
 
+    def without_large_thumbnails(self) -> ImageQuerySet:
+        """Images stored before thumbnails kept the image's shape: `rebuild_thumbnails` remakes
+        both of theirs."""
+        return self.filter(thumbnail_large="")
+
     def delete_with_files(self) -> None:
         """Delete these images (and their share links), then their files once committed."""
-        names = [name for pair in self.values_list("file", "thumbnail") for name in pair if name]
+        fields = self.values_list("file", "thumbnail", "thumbnail_large")
+        names = [name for row in fields for name in row if name]
         self.delete()
         transaction.on_commit(lambda: _delete_files(names))
 
 
 class Image(models.Model):
-    """One stored result file of a generation, with its thumbnail."""
+    """One stored result file of a generation, with its two thumbnails.
+
+    Both thumbnails are WebP in the image's own shape (gallery.provider.thumbnail_size):
+    `thumbnail` is THUMBNAIL_HEIGHT tall for the gallery's rows, `thumbnail_large` twice that
+    for 2x screens. Images stored before there were two have no large one until
+    `manage.py rebuild_thumbnails` makes it.
+    """
 
     generation = models.ForeignKey(Generation, on_delete=models.CASCADE, related_name="images")
     index = models.PositiveSmallIntegerField(default=0)
     file = models.FileField(upload_to=image_upload_to, max_length=255)
     thumbnail = models.FileField(upload_to=thumbnail_upload_to, max_length=255)
+    thumbnail_large = models.FileField(upload_to=thumbnail_upload_to, max_length=255, blank=True)
     width = models.PositiveIntegerField()
     height = models.PositiveIntegerField()
     bytes = models.PositiveBigIntegerField()
@@ -1088,6 +1119,69 @@ class Image(models.Model):
     @property
     def extension(self) -> str:
         return "jpg" if self.format == "JPEG" else self.format.lower()
+
+    @property
+    def download_name(self) -> str:
+        """The file name its owner downloads it under: the prompt's first words, then which
+        generation and which of its images it is."""
+        words = slugify(self.generation.prompt[:60]) or "image"
+        return f"banana-{words}-{self.generation_id}-{self.index + 1}.{self.extension}"
+
+    @property
+    def thumbnail_url(self) -> str:
+        """The small thumbnail, THUMBNAIL_HEIGHT px tall (or less, see Image)."""
+        return _versioned(reverse("gallery:thumbnail", args=[self.pk]), self.thumbnail.name)
+
+    @property
+    def thumbnail_large_url(self) -> str:
+        """The large thumbnail, twice as tall; the small one's URL until it is made."""
+        if not self.thumbnail_large:
+            return self.thumbnail_url
+        url = reverse("gallery:thumbnail_large", args=[self.pk])
+        return _versioned(url, self.thumbnail_large.name)
+
+    @property
+    def thumbnail_srcset(self) -> str:
+        """For `<img srcset>`: the small thumbnail at 1x, the large one at 2x."""
+        if not self.thumbnail_large:
+            return f"{self.thumbnail_url} 1x"
+        return f"{self.thumbnail_url} 1x, {self.thumbnail_large_url} 2x"
+
+    def make_thumbnails(self, picture: PILImage.Image) -> None:
+        """Store both thumbnails of `picture` (this image, decoded) in storage, unsaved."""
+        height = settings.THUMBNAIL_HEIGHT
+        small, large = provider.make_thumbnails(picture, (height, 2 * height))
+        self.thumbnail.save("thumb.webp", ContentFile(small), save=False)
+        self.thumbnail_large.save("thumb.webp", ContentFile(large), save=False)
+
+    def rebuild_thumbnails(self) -> bool:
+        """Make both thumbnails again from the stored original, and drop the old ones.
+
+        Raises OSError when the original cannot be read. False if the image was deleted
+        meanwhile (its new thumbnails are dropped too).
+        """
+        old = [name for name in (self.thumbnail.name, self.thumbnail_large.name) if name]
+        with self.file.open("rb") as fp, PILImage.open(fp) as picture:
+            # A JPEG decodes at a fraction of its size when that is all the thumbnails need.
+            largest = provider.thumbnail_size(
+                self.width, self.height, 2 * settings.THUMBNAIL_HEIGHT
+            )
+            picture.draft("RGB", largest)
+            picture.load()
+            self.make_thumbnails(picture)
+        fresh = [self.thumbnail.name, self.thumbnail_large.name]
+        updated = Image.objects.filter(pk=self.pk).update(
+            thumbnail=self.thumbnail.name, thumbnail_large=self.thumbnail_large.name
+        )
+        gone = old if updated else fresh
+        transaction.on_commit(lambda: _delete_files(gone))
+        return bool(updated)
+
+
+def _versioned(url: str, name: str) -> str:
+    """The URL with a short mark of the stored file, so that a browser holding an old
+    thumbnail in its cache (they are cached for a day) asks again once the file is remade."""
+    return f"{url}?v={name.rsplit('/', 1)[-1][:8]}" if name else url
 
 
 def new_share_token() -> str:
@@ -1153,6 +1247,22 @@ class ShareLink(models.Model):
         if self.show_prompt:
             return Truncator(self.image.generation.prompt).chars(200)
         return "Made with Banana Gallery."
+
+    @property
+    def image_alt(self) -> str:
+        if self.show_prompt:
+            return Truncator(self.image.generation.prompt).chars(200)
+        return "A shared image"
+
+    @property
+    def file_name(self) -> str:
+        """The name the public image is served under: the prompt's first words only if the
+        owner chose to show the prompt, and never an id."""
+        image = self.image
+        if self.show_prompt:
+            words = slugify(image.generation.prompt[:60]) or "image"
+            return f"banana-{words}.{image.extension}"
+        return f"banana-shared-image.{image.extension}"
 
     def revoke(self) -> None:
         if self.revoked_at is None:

@@ -58,13 +58,18 @@ log = logging.getLogger(__name__)
 
 
 class ProviderError(Exception):
-    """Any failure to get a usable answer from the provider."""
+    """Any failure to get a usable answer from the provider.
+
+    `message` says what happened, for the log; `said` is the provider's own words from its
+    answer, if it gave any, which a message to the user may quote.
+    """
 
     code: int | None = None
 
-    def __init__(self, message: str, *, code: int | None = None) -> None:
+    def __init__(self, message: str, *, code: int | None = None, said: str = "") -> None:
         super().__init__(message)
         self.message = message
+        self.said = said
         if code is not None:
             self.code = code
 
@@ -110,8 +115,10 @@ class RateLimited(ProviderError):
 
     code = 429
 
-    def __init__(self, message: str, *, retry_after: float, code: int | None = None) -> None:
-        super().__init__(message, code=code)
+    def __init__(
+        self, message: str, *, retry_after: float, code: int | None = None, said: str = ""
+    ) -> None:
+        super().__init__(message, code=code, said=said)
         self.retry_after = retry_after
 
 
@@ -346,16 +353,17 @@ class ProviderClient:
         data = payload.get("data") if isinstance(payload, dict) else None
         if status == 200:
             return data
-        message = ""
+        said = ""
         if isinstance(payload, dict):
-            message = str(payload.get("msg") or payload.get("message") or "")
-        message = message or f"The provider answered HTTP {response.status_code}."
+            said = str(payload.get("msg") or payload.get("message") or "").strip()
+        message = said or f"The provider answered HTTP {response.status_code}."
         error_class = ERRORS_BY_CODE.get(status)
         if error_class is RateLimited:
-            raise RateLimited(message, retry_after=_retry_after(response, data), code=status)
+            retry_after = _retry_after(response, data)
+            raise RateLimited(message, retry_after=retry_after, code=status, said=said)
         if error_class is None:
             error_class = ServerError if status >= 500 else BadResponse
-        raise error_class(message, code=status)
+        raise error_class(message, code=status, said=said)
 
 
 _clients: dict[tuple[str, str, float, int], ProviderClient] = {}
@@ -709,7 +717,10 @@ def _fetch_hop(
             raise ResultGone(RESULT_GONE)
         if status != 200:
             log.warning("Result file host %s answered HTTP %s", hop.hostname, status)
-            raise ResultUnavailable(f"The image service's file server answered HTTP {status}.")
+            raise ResultUnavailable(
+                "The image service's file server did not send the image "
+                f"(it answered HTTP {status})."
+            )
         declared = response.length_remaining
         if declared is not None and declared > max_bytes:
             log.warning("Result file declared %d bytes, more than %d", declared, max_bytes)
@@ -850,10 +861,41 @@ def _binary_file(source: str | os.PathLike[str] | BinaryIO) -> Iterator[BinaryIO
             yield fp
 
 
-def make_thumbnail(picture: PILImage.Image, size: int) -> bytes:
-    """A WebP thumbnail that fits in a `size` x `size` square."""
-    thumb = picture.convert("RGB")
-    thumb.thumbnail((size, size), PILImage.Resampling.LANCZOS)
-    out = io.BytesIO()
-    thumb.save(out, "WEBP", quality=80, method=4)
-    return out.getvalue()
+# Thumbnails are sized by height, for a grid of justified rows about 220-300 CSS px tall, and keep
+# the picture's shape. A very wide picture (8:1) is capped at this many times the target height
+# in width instead, so that it does not weigh several times what a square one does.
+THUMBNAIL_MAX_RATIO = 4
+# Pillow first shrinks by a whole factor (cheap, in blocks) while the rest of the way is at least
+# this factor, then resamples with Lanczos: a 4K picture costs little more than a 1K one, and
+# the result is as sharp as Lanczos all the way at a thumbnail's size.
+THUMBNAIL_REDUCING_GAP = 2.0
+# WebP's effort, 0-6: at 2 both thumbnails of a 1024 px picture take about 60 ms of CPU against
+# 95 ms at 4, and come out about 5 % bigger.
+THUMBNAIL_WEBP_METHOD = 2
+
+
+def thumbnail_size(width: int, height: int, target_height: int) -> tuple[int, int]:
+    """A thumbnail's (width, height): `target_height` tall in the picture's own shape, at most
+    THUMBNAIL_MAX_RATIO times `target_height` wide, and never bigger than the picture."""
+    scale = min(1.0, target_height / height, THUMBNAIL_MAX_RATIO * target_height / width)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def make_thumbnails(picture: PILImage.Image, heights: Collection[int]) -> list[bytes]:
+    """WebP thumbnails of `picture`, one per target height (see `thumbnail_size`), in order.
+
+    The biggest is made from the picture and each smaller one from the one above it, so a big
+    picture is resampled once.
+    """
+    source = picture if picture.mode == "RGB" else picture.convert("RGB")
+    made: dict[int, bytes] = {}
+    for height in sorted(set(heights), reverse=True):
+        size = thumbnail_size(picture.width, picture.height, height)
+        if source.size != size:
+            source = source.resize(
+                size, PILImage.Resampling.LANCZOS, reducing_gap=THUMBNAIL_REDUCING_GAP
+            )
+        out = io.BytesIO()
+        source.save(out, "WEBP", quality=80, method=THUMBNAIL_WEBP_METHOD)
+        made[height] = out.getvalue()
+    return [made[height] for height in heights]

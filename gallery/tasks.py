@@ -33,14 +33,14 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.core.files.base import ContentFile, File
+from django.core.files.base import File
 from django.db import IntegrityError, close_old_connections, connection
 from django.utils import timezone
 from django_q.brokers import get_broker
 from django_q.tasks import async_task
 
 from gallery import provider
-from gallery.models import Generation, Image, Lease, ProviderAccount, backoff
+from gallery.models import Generation, Image, Lease, ProviderAccount, backoff, plain_message
 
 log = logging.getLogger(__name__)
 
@@ -352,13 +352,19 @@ def apply_submission(generation: Generation, result: str | Exception) -> SubmitO
         account.pause(error)
         return SubmitOutcome.HOLD
     if isinstance(error, provider.BadRequest | provider.ValidationFailed):
-        generation.mark_failed(error.message, str(error.code))
+        message = plain_message(
+            "The image service turned this request down, so no image was made. Try changing "
+            "the prompt or the settings.",
+            error.said,
+        )
+        generation.mark_failed(message, str(error.code))
         return SubmitOutcome.FAILED
     attempt = generation.submit_attempts + 1
     if isinstance(error, provider.ProviderError):
-        message = (
-            f"The image service kept failing ({error.message}). Nothing was charged twice; "
-            "retry when it is back."
+        message = plain_message(
+            "The image service kept failing, so we stopped trying. Nothing was charged twice; "
+            "press Retry when it is back.",
+            error.said,
         )
         code = str(error.code or "error")
         log.warning("createTask failed for %s (%s), try %d", generation.pk, error, attempt)
@@ -482,16 +488,26 @@ def apply_poll(generation: Generation, outcome: provider.TaskRecord | Exception)
         generation.record_poll_error(settings.AIGPTIMAGE_PAUSE_PROBE, count=False)
         return PollOutcome.HOLD
     if isinstance(error, provider.BadRequest | provider.ValidationFailed):
-        generation.mark_failed(error.message, str(error.code or "error"))
+        message = plain_message(
+            "The image service stopped this request, so no image was made. Press Retry to "
+            "try again.",
+            error.said,
+        )
+        generation.mark_failed(message, str(error.code or "error"))
         return PollOutcome.FAILED
     attempt = generation.poll_errors + 1
     if isinstance(error, provider.ProviderError):
-        message = (
-            f"The image service kept failing while we checked on this image ({error.message})."
+        message = plain_message(
+            "The image service kept failing while we checked on this image, so we stopped. "
+            "Press Retry to make it again.",
+            error.said,
         )
         code = str(error.code or "error")
     else:
-        message = "Something went wrong on our side while checking on this image."
+        message = (
+            "Something went wrong on our side while checking on this image. Press Retry to "
+            "make it again."
+        )
         code = "error"
         log.error("Polling generation %s raised", generation.pk, exc_info=error)
     if attempt >= settings.AIGPTIMAGE_RETRY_ATTEMPTS:
@@ -574,7 +590,7 @@ def _retry_download(generation: Generation, reason: str, *, unexpected: bool) ->
         return DownloadOutcome.FAILED
     if not generation.result_may_be_valid(now):
         generation.mark_failed(
-            f"The finished image could not be fetched before it expired ({reason}). "
+            f"The finished image could not be fetched before it expired. {reason} "
             "Retry to make it again.",
             "download",
         )
@@ -613,7 +629,7 @@ def store_results(generation: Generation) -> None:
 
 
 def store_image(generation: Generation, index: int, data: File | object) -> Image:
-    """Check one downloaded file and store it with its thumbnail."""
+    """Check one downloaded file and store it with its thumbnails."""
     data.seek(0)
     result = provider.open_result_image(
         data,
@@ -639,14 +655,14 @@ def store_image(generation: Generation, index: int, data: File | object) -> Imag
     )
     data.seek(0)
     image.file.save(f"original.{image.extension}", File(data), save=False)
-    thumbnail = provider.make_thumbnail(result.picture, settings.THUMBNAIL_SIZE)
-    image.thumbnail.save("thumb.webp", ContentFile(thumbnail), save=False)
+    image.make_thumbnails(result.picture)
     try:
         image.save()
     except IntegrityError:
         # A second run of this task stored the same image first: keep theirs, drop ours.
         image.file.delete(save=False)
         image.thumbnail.delete(save=False)
+        image.thumbnail_large.delete(save=False)
         return Image.objects.get(generation=generation, index=index)
     return image
 

@@ -18,6 +18,7 @@ urlpatterns = [
     path("generations/<int:pk>/delete/", views.delete, name="delete"),
     path("images/<int:pk>/", views.image_file, name="image"),
     path("images/<int:pk>/thumbnail/", views.image_thumbnail, name="thumbnail"),
+    path("images/<int:pk>/thumbnail/large/", views.image_thumbnail_large, name="thumbnail_large"),
     path("images/<int:pk>/share/", views.share_create, name="share_create"),
     path("shares/", views.share_list, name="shares"),
     path("shares/<int:pk>/revoke/", views.share_revoke, name="share_revoke"),

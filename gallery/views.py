@@ -4,15 +4,16 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_not_required
-from django.http import FileResponse, HttpRequest, HttpResponse
+from django.db.models.fields.files import FieldFile
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.cache import patch_cache_control
 from django.utils.http import url_has_allowed_host_and_scheme, urlencode
-from django.utils.text import slugify
+from django.utils.translation import ngettext
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import reswap, retarget
-from django_ratelimit.core import is_ratelimited
+from django_ratelimit.core import get_usage
 from django_ratelimit.decorators import ratelimit
 
 from gallery import tasks
@@ -40,9 +41,9 @@ def _get_image_for_user(request: HttpRequest, pk: int) -> Image:
     )
 
 
-def _get_active_share_link(token: str) -> ShareLink:
-    return get_object_or_404(
-        ShareLink.objects.active().select_related("image__generation"), token=token
+def _get_active_share_link(token: str) -> ShareLink | None:
+    return (
+        ShareLink.objects.active().select_related("image__generation").filter(token=token).first()
     )
 
 
@@ -102,8 +103,25 @@ def _remix_initial(request: HttpRequest) -> dict:
     return {name: getattr(generation, name) for name in ["prompt", *SETTINGS_FIELDS]}
 
 
+def auth_rate(group: str, request: HttpRequest) -> str:
+    """The limit of the "login" or "signup" group, read from settings when it is checked."""
+    return getattr(settings, f"RATELIMIT_{group.upper()}")
+
+
+def wait_words(seconds: int) -> str:
+    """About how long a wait is, in words: "about 40 seconds", "about 3 minutes"."""
+    if seconds < 60:
+        n = max(1, seconds)
+        return ngettext("about %(n)d second", "about %(n)d seconds", n) % {"n": n}
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return ngettext("about %(n)d minute", "about %(n)d minutes", minutes) % {"n": minutes}
+    hours = round(seconds / 3600)
+    return ngettext("about %(n)d hour", "about %(n)d hours", hours) % {"n": hours}
+
+
 @login_not_required
-@ratelimit(key="ip", rate=lambda group, request: settings.RATELIMIT_SIGNUP, method="POST")
+@ratelimit(group="signup", key="ip", rate=auth_rate, method="POST")
 @require_http_methods(["GET", "POST"])
 def signup(request: HttpRequest) -> HttpResponse:
     if request.user.is_authenticated:
@@ -130,7 +148,7 @@ def index(request: HttpRequest) -> HttpResponse:
 @require_POST
 def create(request: HttpRequest) -> HttpResponse:
     form = GenerationForm(request.POST)
-    limited = is_ratelimited(
+    usage = get_usage(
         request,
         group="generate",
         key="user",
@@ -138,11 +156,13 @@ def create(request: HttpRequest) -> HttpResponse:
         method="POST",
         increment=True,
     )
-    if limited:
+    if usage and usage["should_limit"]:
+        # The count starts again when the limit's window ends (django-ratelimit's windows are
+        # fixed, so this is when the next post goes through, not an estimate).
         form.add_error(
             None,
-            f"That is a lot of images at once (the limit is {settings.RATELIMIT_GENERATE}). "
-            "Wait a minute and press Generate again: your prompt is still here.",
+            "That is a lot of images in a short time. You can generate again in "
+            f"{wait_words(usage['time_left'])}; your prompt is still here.",
         )
     if not form.is_valid():
         if request.htmx:
@@ -261,11 +281,23 @@ def bulk(request: HttpRequest) -> HttpResponse:
             }
             return render(request, "gallery/confirm_delete.html", context)
         deleted = selected.delete_with_files()
-        messages.success(request, f"Deleted {deleted} image(s).")
+        text = ngettext("Deleted %(n)d image.", "Deleted %(n)d images.", deleted)
+        messages.success(request, text % {"n": deleted})
     else:
         updated = selected.update(is_favorite=action == "favorite")
-        label = "Added to" if action == "favorite" else "Removed from"
-        messages.success(request, f"{label} favourites: {updated} image(s).")
+        if action == "favorite":
+            text = ngettext(
+                "Added %(n)d image to your favourites.",
+                "Added %(n)d images to your favourites.",
+                updated,
+            )
+        else:
+            text = ngettext(
+                "Removed %(n)d image from your favourites.",
+                "Removed %(n)d images from your favourites.",
+                updated,
+            )
+        messages.success(request, text % {"n": updated})
     # Back to the gallery as it was: the same filter and search.
     return redirect(_next_url(request, reverse("gallery:index")))
 
@@ -318,14 +350,32 @@ def _public_headers(response: HttpResponse) -> HttpResponse:
 
 @login_not_required
 def rate_limited(request: HttpRequest, exception: Exception) -> HttpResponse:
-    """What django-ratelimit shows when a sign-in or sign-up limit is reached."""
-    return render(request, "429.html", status=429)
+    """What django-ratelimit shows when a sign-in or sign-up limit is reached: when the user
+    can try again, from the end of the limit's window."""
+    group = request.resolver_match.url_name if request.resolver_match else ""
+    usage = None
+    if group in ("login", "signup"):
+        usage = get_usage(request, group=group, key="ip", rate=auth_rate, method="POST")
+    seconds = max(1, usage["time_left"]) if usage else 60
+    context = {"wait": wait_words(seconds), "back": request.path}
+    response = render(request, "429.html", context, status=429)
+    response["Retry-After"] = str(seconds)
+    return response
+
+
+def _share_gone(request: HttpRequest) -> HttpResponse:
+    """What a stranger sees for a link that was revoked, has expired or never was: one and the
+    same plain page, status 404. Rendered here rather than raised as Http404, so that it is
+    this page under DEBUG too, not Django's debug page for developers."""
+    return _public_headers(render(request, "gallery/share_gone.html", status=404))
 
 
 @login_not_required
 @require_GET
 def share_page(request: HttpRequest, token: str) -> HttpResponse:
     link = _get_active_share_link(token)
+    if link is None:
+        return _share_gone(request)
     link.record_view()
     image_url = _absolute(request, reverse("share_image", args=[token]))
     context = {
@@ -340,40 +390,53 @@ def share_page(request: HttpRequest, token: str) -> HttpResponse:
 
 @login_not_required
 @require_GET
-def share_image(request: HttpRequest, token: str) -> FileResponse:
+def share_image(request: HttpRequest, token: str) -> HttpResponse:
     link = _get_active_share_link(token)
-    return _public_headers(_file_response(link.image, "file", download=False, private=False))
+    if link is None:
+        return _share_gone(request)
+    response = _original_response(link.image, filename=link.file_name, download=False)
+    return _public_headers(response)
 
 
 # Image files
 
 
-def _file_response(
-    image: Image, field: str, *, download: bool, private: bool = True
-) -> FileResponse:
-    if field == "thumbnail":
-        response = FileResponse(image.thumbnail.open("rb"), content_type="image/webp")
-    else:
-        name = slugify(image.generation.prompt[:60]) or "image"
-        response = FileResponse(
-            image.file.open("rb"),
-            content_type=image.content_type,
-            as_attachment=download,
-            filename=f"banana-{name}-{image.generation_id}-{image.index + 1}.{image.extension}",
-        )
+def _private(response: FileResponse) -> FileResponse:
     response["X-Content-Type-Options"] = "nosniff"
-    if private:
-        # A shared cache must never hand one user's image to another.
-        patch_cache_control(response, private=True, max_age=86400)
+    # A shared cache must never hand one user's image to another.
+    patch_cache_control(response, private=True, max_age=86400)
     return response
+
+
+def _original_response(image: Image, *, filename: str, download: bool) -> FileResponse:
+    response = FileResponse(
+        image.file.open("rb"),
+        content_type=image.content_type,
+        as_attachment=download,
+        filename=filename,
+    )
+    response["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+def _thumbnail_response(thumbnail: FieldFile) -> FileResponse:
+    if not thumbnail:
+        raise Http404("This image has no thumbnail of that size yet.")
+    return _private(FileResponse(thumbnail.open("rb"), content_type="image/webp"))
 
 
 @require_GET
 def image_file(request: HttpRequest, pk: int) -> FileResponse:
     image = _get_image_for_user(request, pk)
-    return _file_response(image, "file", download="download" in request.GET)
+    download = "download" in request.GET
+    return _private(_original_response(image, filename=image.download_name, download=download))
 
 
 @require_GET
 def image_thumbnail(request: HttpRequest, pk: int) -> FileResponse:
-    return _file_response(_get_image_for_user(request, pk), "thumbnail", download=False)
+    return _thumbnail_response(_get_image_for_user(request, pk).thumbnail)
+
+
+@require_GET
+def image_thumbnail_large(request: HttpRequest, pk: int) -> FileResponse:
+    return _thumbnail_response(_get_image_for_user(request, pk).thumbnail_large)

@@ -18,9 +18,8 @@ from PIL import Image as PILImage
 from gallery.models import Generation, Image
 
 # The longer side of a factory image: small enough to be cheap, big enough to be a real picture
-# with a thumbnail smaller than itself.
+# with a small thumbnail smaller than itself.
 LONG_SIDE = 384
-THUMBNAIL_SIDE = 128
 PIL_FORMATS = {"png": "PNG", "jpg": "JPEG"}
 
 
@@ -53,13 +52,10 @@ def make_image(
     format: str = "PNG",
     index: int | None = None,
 ) -> Image:
-    """A stored image of the generation: the file and a WebP thumbnail in default_storage, and
-    an Image row whose bytes, sha256, width and height describe that file."""
+    """A stored image of the generation: the file and its two WebP thumbnails (made as the
+    pipeline makes them) in default_storage, and an Image row whose bytes, sha256, width and
+    height describe that file."""
     data = image_bytes(width, height, format)
-    thumb = PILImage.open(io.BytesIO(data)).convert("RGB")
-    thumb.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
-    thumb_out = io.BytesIO()
-    thumb.save(thumb_out, "WEBP")
     if index is None:
         index = generation.images.count()
     image = Image(
@@ -72,7 +68,8 @@ def make_image(
         sha256=hashlib.sha256(data).hexdigest(),
     )
     image.file.save(f"original.{image.extension}", ContentFile(data), save=False)
-    image.thumbnail.save("thumb.webp", ContentFile(thumb_out.getvalue()), save=False)
+    with PILImage.open(io.BytesIO(data)) as picture:
+        image.make_thumbnails(picture)
     image.save()
     return image
 
@@ -111,6 +108,7 @@ def done_generation(
         "poll_count": 4,
         **fields,
     }
+    values.setdefault("queued_at", values["created_at"])
     generation = make_generation(owner, prompt, **values)
     width, height = image_size(generation.aspect_ratio)
     for index in range(images):

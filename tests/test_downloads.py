@@ -222,7 +222,10 @@ def test_it_gives_up_once_the_result_urls_can_no_longer_be_valid(alice, files, s
     assert tasks.download_images(generation.pk) == tasks.DownloadOutcome.FAILED
     generation.refresh_from_db()
     assert generation.fail_code == "download"
-    assert "before it expired" in generation.fail_message
+    assert generation.fail_message == (
+        "The finished image could not be fetched before it expired. The image service's file "
+        "server could not be reached. Retry to make it again."
+    )
 
 
 def test_it_keeps_at_most_the_configured_number_of_results(alice, files, settings):

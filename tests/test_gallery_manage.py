@@ -99,7 +99,7 @@ def test_it_asks_before_deleting_and_removes_the_files(
     client.force_login(alice)
     image = done.images.get()
     ShareLink.objects.create(image=image)
-    names = [image.file.name, image.thumbnail.name]
+    names = [image.file.name, image.thumbnail.name, image.thumbnail_large.name]
     assert all(default_storage.exists(name) for name in names)
 
     page = client.get(reverse("gallery:delete", args=[done.pk]))
@@ -217,11 +217,15 @@ def test_it_scrolls_with_htmx_and_keeps_the_filters(client, alice):
     assert 'hx-trigger="revealed"' not in fragment
 
 
-def test_it_lazy_loads_thumbnails(client, alice, done):
+def test_it_lazy_loads_thumbnails_at_1x_and_2x(client, alice, done):
     client.force_login(alice)
     html = client.get("/").content.decode()
-    thumbnail = reverse("gallery:thumbnail", args=[done.images.get().pk])
-    assert re.search(rf'<img src="{thumbnail}"[^>]* loading="lazy"', html)
+    image = done.images.get()
+    small = reverse("gallery:thumbnail", args=[image.pk])
+    large = reverse("gallery:thumbnail_large", args=[image.pk])
+    assert re.fullmatch(rf"{small}\?v=\w+ 1x, {large}\?v=\w+ 2x", image.thumbnail_srcset)
+    src, srcset = re.escape(image.thumbnail_url), re.escape(image.thumbnail_srcset)
+    assert re.search(rf'<img src="{src}" srcset="{srcset}"[^>]* loading="lazy"', html)
 
 
 def test_it_favourites_several_at_once(client, alice, bob):
@@ -250,6 +254,36 @@ def test_it_deletes_several_after_confirmation(client, alice, bob, done):
     client.post(reverse("gallery:bulk"), {"action": "delete", "ids": ids, "confirm": "1"})
     assert list(Generation.objects.values_list("pk", flat=True)) == [theirs.pk]
     assert not Image.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("action", "one", "two"),
+    [
+        ("favorite", "Added 1 image to your favourites.", "Added 2 images to your favourites."),
+        (
+            "unfavorite",
+            "Removed 1 image from your favourites.",
+            "Removed 2 images from your favourites.",
+        ),
+        ("delete", "Deleted 1 image.", "Deleted 2 images."),
+    ],
+)
+def test_it_says_how_many_in_words(client, alice, action, one, two):
+    client.force_login(alice)
+    for count, words in [(1, one), (2, two)]:
+        ids = [make(alice, f"p{i}", is_favorite=action == "unfavorite").pk for i in range(count)]
+        data = {"action": action, "ids": ids, "confirm": "1"}
+        html = client.post(reverse("gallery:bulk"), data, follow=True).content.decode()
+        assert words in html
+        assert "image(s)" not in html
+
+
+def test_it_counts_favourites_in_words(client, alice):
+    client.force_login(alice)
+    make(alice, "one", is_favorite=True)
+    assert re.search(r"<strong>1</strong> favourite<", client.get("/").content.decode())
+    make(alice, "two", is_favorite=True)
+    assert re.search(r"<strong>2</strong> favourites<", client.get("/").content.decode())
 
 
 def test_it_explains_an_empty_bulk_selection(client, alice):
@@ -291,6 +325,7 @@ def test_it_lets_anonymous_users_reach_only_auth_and_share_pages(client, alice, 
         ("get", reverse("gallery:updates")),
         ("get", reverse("gallery:image", args=[image.pk])),
         ("get", reverse("gallery:thumbnail", args=[image.pk])),
+        ("get", reverse("gallery:thumbnail_large", args=[image.pk])),
         ("get", reverse("password_change")),
         ("post", reverse("gallery:create")),
         ("post", reverse("gallery:bulk")),

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import re
+from datetime import timedelta
+
 import pytest
 from django.contrib.auth.models import User
 from django.db import connection
+from django.test import RequestFactory
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import timezone
+from django_ratelimit.core import get_usage
 
 from gallery.models import Generation, Image
-from gallery.views import PAGE_SIZE
-from tests.factories import done_generation
+from gallery.views import PAGE_SIZE, wait_words
+from tests.factories import done_generation, make_generation
 
 VALID = {"prompt": "a lighthouse at dawn", "aspect_ratio": "3:2", "resolution": "2K"}
 
@@ -28,7 +34,13 @@ def done_image(alice) -> Image:
 
 
 def test_it_sends_anonymous_users_to_login(client, db):
-    for url in ["/", "/generations/updates/", "/images/1/", "/images/1/thumbnail/"]:
+    for url in [
+        "/",
+        "/generations/updates/",
+        "/images/1/",
+        "/images/1/thumbnail/",
+        "/images/1/thumbnail/large/",
+    ]:
         response = client.get(url)
         assert response.status_code == 302
         assert response["Location"].startswith(reverse("login"))
@@ -90,7 +102,14 @@ def test_it_limits_sign_in_attempts(client, alice, settings):
         assert response.status_code == 200
     response = client.post(reverse("login"), {"username": "alice", "password": "password-alice"})
     assert response.status_code == 429
-    assert "Too many attempts" in response.content.decode()
+    html = response.content.decode()
+    assert "Too many attempts" in html
+    # When the minute's window ends, not the raw limit.
+    seconds = int(response["Retry-After"])
+    assert 1 <= seconds <= 60
+    expected = f"{seconds} second{'s' if seconds > 1 else ''}"
+    assert f"You can try again in about {expected}." in html
+    assert "3/m" not in html
     assert client.get("/").status_code == 302  # not signed in
 
 
@@ -99,8 +118,12 @@ def test_it_limits_sign_ups(client, db, settings):
     data = {"password1": "a-long-pass-phrase", "password2": "a-long-pass-phrase"}
     assert client.post(reverse("signup"), {"username": "u1", **data}).status_code == 302
     client.logout()
-    assert client.post(reverse("signup"), {"username": "u2", **data}).status_code == 429
+    response = client.post(reverse("signup"), {"username": "u2", **data})
+    assert response.status_code == 429
     assert not User.objects.filter(username="u2").exists()
+    seconds = int(response["Retry-After"])
+    assert 1 <= seconds <= 3600  # the hour's window
+    assert f"You can try again in {wait_words(seconds)}." in response.content.decode()
 
 
 # The form
@@ -114,8 +137,31 @@ def test_it_limits_generations_and_keeps_the_prompt(client, alice, settings):
     response = client.post(reverse("gallery:create"), form_data(prompt="one more lighthouse"))
     assert response.status_code == 400
     html = response.content.decode()
-    assert "the limit is 2/m" in html and "one more lighthouse" in html
+    match = re.search(r"You can generate again in about (\d+) seconds?; your prompt is", html)
+    assert match and "one more lighthouse" in html
+    assert "2/m" not in html
+    # The count starts again when django-ratelimit's window for this user ends.
+    request = RequestFactory().post("/")
+    request.user = alice
+    usage = get_usage(request, group="generate", key="user", rate="2/m", method="POST")
+    assert int(match.group(1)) == pytest.approx(max(1, usage["time_left"]), abs=1)
     assert Generation.objects.count() == 2
+
+
+@pytest.mark.parametrize(
+    ("seconds", "words"),
+    [
+        (0, "about 1 second"),
+        (1, "about 1 second"),
+        (40, "about 40 seconds"),
+        (61, "about 1 minute"),
+        (150, "about 2 minutes"),
+        (3599, "about 1 hour"),
+        (7200, "about 2 hours"),
+    ],
+)
+def test_it_says_how_long_to_wait_in_words(seconds, words):
+    assert wait_words(seconds) == words
 
 
 def test_it_creates_a_generation_and_redirects(client, alice):
@@ -254,6 +300,30 @@ def test_it_retries_a_failed_generation(client, alice):
     assert generation.status == Generation.Status.QUEUED
 
 
+def test_it_counts_a_retried_cards_time_from_the_retry(client, alice):
+    long_ago = timezone.now() - timedelta(minutes=10)
+    generation = make_generation(
+        alice,
+        "again",
+        status="failed",
+        fail_message="The image service could not make this image.",
+        created_at=long_ago,
+        queued_at=long_ago,
+        finished_at=long_ago + timedelta(minutes=1, seconds=43),
+    )
+    client.force_login(alice)
+    retried = client.post(
+        reverse("gallery:retry", args=[generation.pk]), headers={"HX-Request": "true"}
+    )
+    refreshed = client.get(reverse("gallery:updates"), {"ids": str(generation.pk)})
+    for response in (retried, refreshed):
+        clock = re.search(r'<p class="tile-elapsed">([^<]*)</p>', response.content.decode())
+        assert clock and clock.group(1) in ("0 s", "1 s", "2 s")
+    generation.refresh_from_db()
+    assert generation.created_at == long_ago  # when it was first made, for the detail page
+    assert generation.elapsed < timedelta(seconds=3)
+
+
 def _add_generations(owner, count: int) -> None:
     """`count` generations, every third one done with an image row, as fast as bulk goes."""
     generations = Generation.objects.bulk_create(
@@ -331,11 +401,25 @@ def test_it_downloads_with_a_sensible_file_name(client, alice, done_image):
     assert f'banana-a-lighthouse-at-dawn-{done_image.generation_id}-1.png"' in disposition
 
 
-def test_it_serves_the_thumbnail_as_webp(client, alice, done_image):
+@pytest.mark.parametrize("field", ["thumbnail", "thumbnail_large"])
+def test_it_serves_the_thumbnails_as_webp(client, alice, done_image, field):
     client.force_login(alice)
-    response = client.get(reverse("gallery:thumbnail", args=[done_image.pk]))
+    response = client.get(reverse(f"gallery:{field}", args=[done_image.pk]))
+    assert response.status_code == 200
     assert response["Content-Type"] == "image/webp"
-    assert "private" in response["Cache-Control"]
+    assert response["X-Content-Type-Options"] == "nosniff"
+    assert "private" in response["Cache-Control"] and "max-age=86400" in response["Cache-Control"]
+    assert b"".join(response.streaming_content) == getattr(done_image, field).open("rb").read()
+
+
+def test_it_answers_404_for_a_large_thumbnail_not_made_yet(client, alice, done_image):
+    Image.objects.filter(pk=done_image.pk).update(thumbnail_large="")
+    done_image.refresh_from_db()
+    client.force_login(alice)
+    response = client.get(reverse("gallery:thumbnail_large", args=[done_image.pk]))
+    assert response.status_code == 404
+    # Until `rebuild_thumbnails` makes it, the gallery offers the small one alone.
+    assert done_image.thumbnail_srcset == f"{done_image.thumbnail_url} 1x"
 
 
 def test_it_checks_ownership(client, bob, alice, done_image):
@@ -343,6 +427,7 @@ def test_it_checks_ownership(client, bob, alice, done_image):
     client.force_login(bob)
     assert client.get(reverse("gallery:image", args=[done_image.pk])).status_code == 404
     assert client.get(reverse("gallery:thumbnail", args=[done_image.pk])).status_code == 404
+    assert client.get(reverse("gallery:thumbnail_large", args=[done_image.pk])).status_code == 404
     Generation.objects.filter(pk=generation.pk).update(status="failed")
     assert client.post(reverse("gallery:retry", args=[generation.pk])).status_code == 404
     generation.refresh_from_db()

@@ -58,9 +58,10 @@ def test_it_generates_and_stores_the_image(alice, simulator):
     data = image.file.read()
     assert image.bytes == len(data)
     assert image.sha256 == hashlib.sha256(data).hexdigest()
-    thumb = PILImage.open(io.BytesIO(image.thumbnail.read()))
-    assert thumb.format == "WEBP"
-    assert max(thumb.size) <= 512
+    for field, size in [("thumbnail", (573, 320)), ("thumbnail_large", (1147, 640))]:
+        thumb = PILImage.open(io.BytesIO(getattr(image, field).read()))
+        assert thumb.format == "WEBP"
+        assert thumb.size == size  # 16:9 by height
 
 
 def test_it_stores_every_result_url(alice, simulator):
@@ -71,26 +72,51 @@ def test_it_stores_every_result_url(alice, simulator):
     assert sorted(generation.images.values_list("index", flat=True)) == [0, 1]
 
 
-@pytest.mark.parametrize("code", ["400", "422", "501", "505"])
-def test_it_fails_on_a_refused_request_without_retrying(alice, simulator, code):
+TURNED_DOWN = (
+    "The image service turned this request down, so no image was made. Try changing the "
+    "prompt or the settings. The image service said: "
+)
+
+
+@pytest.mark.parametrize(
+    ("code", "said"),
+    [
+        ("400", "“invalid request parameters”."),
+        ("422", "“parameter validation failed: the prompt was rejected”."),
+        ("501", "“generation failed”."),
+        ("505", "“feature disabled”."),
+    ],
+)
+def test_it_fails_on_a_refused_request_without_retrying(alice, client, simulator, code, said):
     generation = generate(alice, f"refused [sim:{code}]")
     run_queued_tasks(until=finished(generation))
     generation.refresh_from_db()
     assert generation.status == Generation.Status.FAILED
     assert generation.fail_code == code
-    assert generation.fail_message  # the provider's own words
+    # Plain words first; the provider's own words may follow, never stand alone.
+    assert generation.failure_text == TURNED_DOWN + said
     assert calls_for(simulator, generation) == 1
     assert tasks_for(simulator, generation) == []
+    client.force_login(alice)
+    assert TURNED_DOWN + said in client.get("/").content.decode()
 
 
-def test_it_fails_with_the_providers_reason_on_a_fail_result(alice, simulator):
-    generation = generate(alice, "not allowed [sim:fail]")
+@pytest.mark.parametrize(
+    ("marker", "code", "said"),
+    [
+        ("fail", "400", "“The prompt or the generated image was flagged by the content policy. "),
+        ("fail500", "500", "“internal error”."),
+    ],
+)
+def test_it_fails_with_the_providers_reason_on_a_fail_result(alice, simulator, marker, code, said):
+    generation = generate(alice, f"not allowed [sim:{marker}]")
     run_queued_tasks(until=finished(generation))
     generation.refresh_from_db()
     assert generation.status == Generation.Status.FAILED
-    assert generation.fail_code == "400"
-    record_message = generation.fail_message
-    assert record_message and "image service could not" not in record_message
+    assert generation.fail_code == code
+    assert generation.failure_text.startswith(
+        "The image service could not make this image. The image service said: " + said
+    )
     assert len(tasks_for(simulator, generation)) == 1
     assert not generation.images.exists()
 
@@ -169,7 +195,10 @@ def test_it_fails_clearly_when_500s_outlast_the_budget(alice, simulator, setting
     generation.refresh_from_db()
     assert generation.status == Generation.Status.FAILED
     assert generation.fail_code == "500"
-    assert "kept failing" in generation.fail_message
+    assert generation.failure_text == (
+        "The image service kept failing, so we stopped trying. Nothing was charged twice; "
+        "press Retry when it is back. The image service said: “internal server error”."
+    )
     assert calls_for(simulator, generation) == 3
     assert tasks_for(simulator, generation) == []
 
@@ -181,6 +210,23 @@ def test_it_retries_a_broken_answer_with_the_same_request_id(alice, simulator, s
     generation.refresh_from_db()
     assert generation.status == Generation.Status.FAILED
     assert calls_for(simulator, generation) == 2
+    # The HTML page said nothing worth quoting.
+    assert generation.failure_text == (
+        "The image service kept failing, so we stopped trying. Nothing was charged twice; "
+        "press Retry when it is back."
+    )
+
+
+def test_it_fails_clearly_when_500s_while_polling_outlast_the_budget(alice, simulator, settings):
+    settings.AIGPTIMAGE_RETRY_ATTEMPTS = 2
+    generation = generate(alice, "down while rendering [sim:query500]")
+    run_queued_tasks(until=finished(generation))
+    generation.refresh_from_db()
+    assert generation.status == Generation.Status.FAILED
+    assert generation.failure_text == (
+        "The image service kept failing while we checked on this image, so we stopped. Press "
+        "Retry to make it again. The image service said: “internal server error”."
+    )
 
 
 def test_it_survives_500s_while_polling(alice, simulator):
@@ -312,7 +358,7 @@ def test_it_keeps_the_first_copy_when_a_second_run_stores_the_same_image(alice, 
     assert second.pk == first.pk
     assert Image.objects.filter(generation=generation).count() == 1
     # The losing copy's files were removed, not left behind in storage.
-    names = {first.file.name, first.thumbnail.name}
+    names = {first.file.name, first.thumbnail.name, first.thumbnail_large.name}
     stored = {
         f"{folder}/{alice.pk}/{name}"
         for folder in ("images", "thumbs")

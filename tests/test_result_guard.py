@@ -548,15 +548,6 @@ def test_it_makes_pillows_bomb_warning_an_error():
     assert refused_image(good_png(), max_pixels=600_000) == provider.IMAGE_TOO_MANY_PIXELS
 
 
-def test_it_makes_a_webp_thumbnail():
-    thumbnail = provider.make_thumbnail(
-        check(encoded((512, 2048), "PNG"), aspect_ratio="1:4").picture, 256
-    )
-    with Image.open(io.BytesIO(thumbnail)) as picture:
-        assert picture.format == "WEBP"
-        assert picture.size == (64, 256)
-
-
 # The client and the simulator
 
 

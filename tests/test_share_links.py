@@ -62,7 +62,78 @@ def test_it_serves_the_public_page_without_login(client, alice, image):
     assert meta(html, "twitter:image") == image_url
     assert meta(html, "twitter:card") == "summary_large_image"
     assert meta(html, "og:image:width") == str(image.width)
+    assert meta(html, "og:image:height") == str(image.height)
+    assert meta(html, "og:image:type") == "image/png"
     assert "banana bread" not in html  # the prompt is hidden unless the owner chose to show it
+
+
+# Words of the image fixture's prompt that nothing else on the share page or its responses says.
+PROMPT_WORDS = ("secret", "recipe", "bread")
+
+
+def carries_prompt(text: str) -> bool:
+    return any(word in text.lower() for word in PROMPT_WORDS)
+
+
+def title(html: str) -> str:
+    match = re.search(r"<title>([^<]*)</title>", html)
+    assert match, "no title"
+    return match.group(1)
+
+
+PREVIEW_TAGS = [
+    "description",
+    "og:title",
+    "og:description",
+    "og:image:alt",
+    "twitter:title",
+    "twitter:description",
+    "twitter:image:alt",
+]
+
+
+def test_it_keeps_a_hidden_prompt_out_of_the_image_file_name(client, alice, image):
+    client.force_login(alice)
+    link = share(client, image)
+    client.logout()
+    response = client.get(f"/s/{link.token}/image")
+    assert response["Content-Disposition"] == 'inline; filename="banana-shared-image.png"'
+
+
+def test_it_keeps_a_hidden_prompt_out_of_every_header(client, alice, image):
+    client.force_login(alice)
+    link = share(client, image)
+    client.logout()
+    for url in (f"/s/{link.token}/", f"/s/{link.token}/image"):
+        response = client.get(url)
+        assert response.status_code == 200
+        for header, value in response.items():
+            assert not carries_prompt(value), (url, header, value)
+
+
+def test_it_keeps_a_hidden_prompt_out_of_the_page_metadata(client, alice, image):
+    client.force_login(alice)
+    link = share(client, image)
+    client.logout()
+    html = client.get(f"/s/{link.token}/").content.decode()
+    assert title(html) == "An image shared from Banana Gallery"
+    for name in PREVIEW_TAGS:
+        assert not carries_prompt(meta(html, name)), name
+    assert meta(html, "og:title") == "An image shared from Banana Gallery"
+    assert not carries_prompt(html)
+
+
+def test_it_names_and_describes_the_image_by_a_shown_prompt(client, alice, image):
+    client.force_login(alice)
+    link = share(client, image, show_prompt="on")
+    client.logout()
+    response = client.get(f"/s/{link.token}/image")
+    disposition = 'inline; filename="banana-a-secret-recipe-for-banana-bread.png"'
+    assert response["Content-Disposition"] == disposition
+    html = client.get(f"/s/{link.token}/").content.decode()
+    assert title(html) == "a secret recipe for banana bread · Banana Gallery"
+    for name in PREVIEW_TAGS:
+        assert meta(html, name) == "a secret recipe for banana bread", name
 
 
 def test_it_shows_the_prompt_only_when_the_owner_chose_to(client, alice, image):
@@ -100,18 +171,35 @@ def test_it_counts_views(client, alice, image):
     assert link.last_viewed_at is not None
 
 
-def test_it_answers_404_at_once_after_revoking(client, alice, image):
+def assert_gone(response) -> None:
+    """The friendly page for a link that no longer works, with status 404."""
+    assert response.status_code == 404
+    html = response.content.decode()
+    assert "<h1>This link was revoked or has expired</h1>" in html
+    assert f'href="{reverse("gallery:index")}"' in html
+    assert "Traceback" not in html and "Page not found" not in html  # not Django's debug 404
+    assert response["X-Robots-Tag"] == "noindex, nofollow"
+    assert "no-cache" in response["Cache-Control"]
+
+
+@pytest.fixture(params=[False, True], ids=["debug-off", "debug-on"])
+def debug(request, settings) -> bool:
+    settings.DEBUG = request.param
+    return request.param
+
+
+def test_it_shows_a_friendly_404_at_once_after_revoking(client, alice, image, debug):
     client.force_login(alice)
     link = share(client, image)
     assert client.get(f"/s/{link.token}/").status_code == 200
     response = client.post(reverse("gallery:share_revoke", args=[link.pk]))
     assert response.status_code == 302
     client.logout()
-    assert client.get(f"/s/{link.token}/").status_code == 404
-    assert client.get(f"/s/{link.token}/image").status_code == 404
+    assert_gone(client.get(f"/s/{link.token}/"))
+    assert_gone(client.get(f"/s/{link.token}/image"))
 
 
-def test_it_answers_404_once_expired(client, alice, image):
+def test_it_shows_a_friendly_404_once_expired(client, alice, image, debug):
     client.force_login(alice)
     link = share(client, image, expires_in_hours="1")
     assert link.expires_at - timezone.now() == pytest.approx(
@@ -119,12 +207,15 @@ def test_it_answers_404_once_expired(client, alice, image):
     )
     ShareLink.objects.filter(pk=link.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
     client.logout()
-    assert client.get(f"/s/{link.token}/").status_code == 404
-    assert client.get(f"/s/{link.token}/image").status_code == 404
+    assert_gone(client.get(f"/s/{link.token}/"))
+    assert_gone(client.get(f"/s/{link.token}/image"))
+    link.refresh_from_db()
+    assert link.view_count == 0
 
 
-def test_it_answers_404_for_an_unknown_token(client, db):
-    assert client.get("/s/not-a-token/").status_code == 404
+def test_it_shows_a_friendly_404_for_an_unknown_token(client, db, debug):
+    assert_gone(client.get("/s/not-a-token/"))
+    assert_gone(client.get("/s/not-a-token/image"))
 
 
 def test_it_lists_the_owners_links_with_their_state(client, alice, bob, image):
