@@ -443,9 +443,11 @@ def test_it_does_not_send_a_create_task_well_after_its_reserved_time(alice, sett
     with ThreadPoolExecutor(2) as pool:
         outcomes = tasks.send_batch(late, provider.get_client(), pool, runner)
     assert outcomes == [tasks.SubmitOutcome.ACCEPTED] * 3
-    # Three fresh times after the schedule's end, a tenth of a second apart.
+    # Three fresh times after the schedule's end, a tenth of a second apart. On a loaded
+    # machine a fresh time can itself pass unsent and be taken again, so the schedule may
+    # move on further, never less.
     clock = ProviderAccount.get().create_not_before
-    assert (clock - scheduled_until).total_seconds() == pytest.approx(0.3, abs=0.01)
+    assert (clock - scheduled_until).total_seconds() >= 0.3 - 0.005
     assert time.monotonic() - started >= 0.35  # it waited for them
 
 
