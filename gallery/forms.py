@@ -3,7 +3,6 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django import forms
-from django.contrib.auth.forms import UserCreationForm
 from django.utils import timezone
 
 from gallery import provider
@@ -86,11 +85,6 @@ class GenerationForm(forms.ModelForm):
             Generation.objects.create(owner=owner, **settings)
             for _ in range(self.cleaned_data["count"] or 1)
         ]
-
-
-class SignupForm(UserCreationForm):
-    class Meta(UserCreationForm.Meta):
-        fields = ("username",)
 
 
 class GalleryFilterForm(forms.Form):

@@ -108,6 +108,7 @@ def browser(stack):
 def sign_up(page, stack: Stack, username: str) -> None:
     page.goto(stack.url + "/accounts/signup/")
     page.fill("#id_username", username)
+    page.fill("#id_email", f"{username}@example.com")
     page.fill("#id_password1", "a-long-pass-phrase")
     page.fill("#id_password2", "a-long-pass-phrase")
     page.click("button[type=submit]")
@@ -259,7 +260,7 @@ def gallery(stack, browser):
     context = browser.new_context()
     page = context.new_page()
     page.goto(stack.url + "/accounts/login/")
-    page.fill("#id_username", "uma")
+    page.fill("#id_login", "uma")
     page.fill("#id_password", "a-long-pass-phrase")
     page.click("button[type=submit]")
     page.wait_for_url(stack.url + "/")
