@@ -48,7 +48,7 @@ class InviteForm(forms.Form):
     email = forms.EmailField(
         required=False,
         label="For this email address only (optional)",
-        help_text="The link is mailed to it, and no other address can use it.",
+        help_text="An invite for an address is mailed to it, and no other address can use it.",
     )
     expires_in_days = forms.TypedChoiceField(
         choices=INVITE_EXPIRY_CHOICES, coerce=int, empty_value=None, required=False,

@@ -81,7 +81,8 @@ def account(request: HttpRequest) -> HttpResponse:
         emails = [EmailAddress(user=user, email=user.email, primary=True, verified=False)]
     context = {
         "emails": emails,
-        "verified": any(address.verified for address in emails),
+        # allauth turns two-factor sign-in on only when every address is verified.
+        "verified": bool(emails) and all(address.verified for address in emails),
         "totp": Authenticator.Type.TOTP in kinds,
         "recovery_left": len(recovery.wrap().get_unused_codes()) if recovery else None,
         "sso_enabled": bool(settings.OIDC_SERVER_URL),

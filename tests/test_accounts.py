@@ -12,12 +12,13 @@ from allauth.account.models import EmailAddress
 from allauth.mfa.models import Authenticator
 from allauth.mfa.totp.internal.auth import SECRET_SESSION_KEY, format_hotp_value, hotp_value
 from django.contrib.auth.models import User
-from django.core import mail
+from django.core import checks, mail
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
 from accounts.models import Approval, Invite, Registration
+from banana_site.settings import email_url
 from gallery.views import wait_words
 
 PASSWORD = "a-long-pass-phrase"
@@ -545,3 +546,46 @@ def test_it_sends_the_admin_login_through_the_site_login(client, staff, settings
     )
     assert response["Location"] == "/admin/"
     assert other.get("/admin/").status_code == 200
+
+
+# Mail and single sign-on settings
+
+
+def test_it_reads_the_mail_settings_from_one_url():
+    assert email_url("smtp://bob%40example.com:p%3Ass@mail.example.com:587?tls=1") == {
+        "EMAIL_BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+        "EMAIL_HOST": "mail.example.com",
+        "EMAIL_PORT": 587,
+        "EMAIL_HOST_USER": "bob@example.com",
+        "EMAIL_HOST_PASSWORD": "p:ss",
+        "EMAIL_USE_SSL": False,
+        "EMAIL_USE_TLS": True,
+        "EMAIL_TIMEOUT": 20,
+    }
+    ssl = email_url("smtps://mail.example.com")
+    assert (ssl["EMAIL_PORT"], ssl["EMAIL_USE_SSL"], ssl["EMAIL_USE_TLS"]) == (465, True, False)
+    assert email_url("console:")["EMAIL_BACKEND"].endswith("console.EmailBackend")
+    with pytest.raises(ValueError, match="unknown scheme"):
+        email_url("mailto:someone@example.com")
+
+
+def test_it_warns_at_deploy_when_mail_only_goes_to_the_console(settings):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
+    ids = [m.id for m in checks.run_checks(include_deployment_checks=True)]
+    assert "accounts.W001" in ids
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    ids = [m.id for m in checks.run_checks(include_deployment_checks=True)]
+    assert "accounts.W001" not in ids
+
+
+def test_it_offers_single_sign_on_when_configured(client, dora, settings):
+    app = {"provider_id": "oidc", "name": "Team SSO", "client_id": "banana", "secret": "s"}
+    settings.SOCIALACCOUNT_PROVIDERS = {
+        "openid_connect": {"APPS": [{**app, "settings": {"server_url": "http://127.0.0.1:9"}}]}
+    }
+    settings.OIDC_SERVER_URL = "http://127.0.0.1:9"
+    for name in ["account_login", "account_signup"]:
+        html = client.get(reverse(name)).content.decode()
+        assert "Sign in with Team SSO" in html, name
+    client.force_login(dora)
+    assert "Single sign-on" in client.get(reverse("accounts:account")).content.decode()

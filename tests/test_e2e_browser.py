@@ -336,6 +336,7 @@ def test_it_draws_every_page_whole_and_accessible(stack, browser, gallery, viewp
         "detail": f"/generations/{gallery['detail']}/",
         "shares": "/shares/",
         "share": f"/s/{gallery['token']}/",
+        "account": "/accounts/",
     }
     context = browser.new_context(
         storage_state=gallery["state"],
@@ -355,6 +356,26 @@ def test_it_draws_every_page_whole_and_accessible(stack, browser, gallery, viewp
         page.screenshot(path=str(stack.artifacts / f"{name}-{viewport[0]}-{scheme}.png"))
         state = gallery["state"]
         found = axe_violations(browser, stack.url + path, state, viewport, scheme, before)
+        problems += [f"{name}: {v}" for v in found]
+    assert not problems, problems
+    assert not violations, violations
+    context.close()
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("viewport", VIEWPORTS, ids=["desktop", "phone"])
+def test_it_draws_the_login_and_signup_pages_whole_and_accessible(stack, browser, viewport, scheme):
+    context = browser.new_context(
+        viewport=dict(zip(("width", "height"), viewport, strict=True)), color_scheme=scheme
+    )
+    page = context.new_page()
+    violations = watch_csp(page)
+    problems = []
+    for name, path in {"login": "/accounts/login/", "signup": "/accounts/signup/"}.items():
+        page.goto(stack.url + path)
+        check_page(page)
+        page.screenshot(path=str(stack.artifacts / f"{name}-{viewport[0]}-{scheme}.png"))
+        found = axe_violations(browser, stack.url + path, None, viewport, scheme)
         problems += [f"{name}: {v}" for v in found]
     assert not problems, problems
     assert not violations, violations
