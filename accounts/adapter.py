@@ -23,10 +23,6 @@ from gallery.views import wait_words
 INVITE_SESSION_KEY = "accounts_invite"
 
 
-def user_display(user) -> str:
-    return user.username
-
-
 def session_invite(request: HttpRequest) -> Invite | None:
     """The usable invite whose link this browser opened, if any."""
     token = request.session.get(INVITE_SESSION_KEY)

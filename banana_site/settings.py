@@ -204,7 +204,6 @@ ACCOUNT_SIGNUP_FIELDS = ["username*", "email*", "password1*", "password2*"]
 ACCOUNT_EMAIL_VERIFICATION = os.getenv("ACCOUNT_EMAIL_VERIFICATION", "optional")
 ACCOUNT_LOGIN_ON_EMAIL_CONFIRMATION = True
 ACCOUNT_EMAIL_SUBJECT_PREFIX = "[Banana Gallery] "
-ACCOUNT_USER_DISPLAY = "accounts.adapter.user_display"
 # Throttling, in allauth's "amount/period/what" syntax. "ip" counts per client address, "key"
 # per username or email address tried. Failed sign-ins are counted both ways: guesses from one
 # address are slowed there without touching anyone else's sign-in, and guesses at one account
