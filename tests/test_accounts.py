@@ -363,6 +363,8 @@ def test_it_keeps_a_new_account_out_until_approved(client, staff_client):
     assert not signed_in(client)
     html = staff_client.get(reverse("accounts:staff")).content.decode()
     assert "Waiting for approval" in html and "dora@example.com" in html
+    # The address is asked to be verified meanwhile, as in every mode.
+    assert [m.to for m in mail.outbox] == [["dora@example.com"]]
 
     mail.outbox.clear()
     approval = Approval.objects.get(user__username="dora")
@@ -373,6 +375,16 @@ def test_it_keeps_a_new_account_out_until_approved(client, staff_client):
     assert reverse("account_login") in message.body
     assert log_in(client, "dora")["Location"] == reverse("gallery:index")
     assert signed_in(client)
+
+
+def test_it_verifies_the_address_before_it_says_the_account_waits(client, db, settings):
+    settings.ACCOUNT_EMAIL_VERIFICATION = "mandatory"
+    set_registration("approval")
+    assert sign_up(client, "dora")["Location"] == reverse("account_email_verification_sent")
+    (message,) = mail.outbox
+    assert client.post(link_in(message))["Location"] == reverse("accounts:waiting")
+    assert not signed_in(client)
+    assert User.objects.get().emailaddress_set.get().verified
 
 
 def test_it_keeps_a_refused_account_out(client, staff_client):
