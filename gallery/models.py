@@ -508,6 +508,9 @@ class Generation(models.Model):
     fail_code = models.CharField(max_length=20, blank=True)
     fail_message = models.TextField(blank=True)
     is_favorite = models.BooleanField(default=False)
+    # The form post (1-4 variations of one prompt) this generation came from: the gallery shows
+    # a post's variations as one group. Empty for a generation made on its own (a re-run).
+    post = models.UUIDField(null=True, blank=True, editable=False, db_index=True)
 
     created_at = models.DateTimeField(default=timezone.now)
     # When this try was queued: at creation, and again at each retry. A card's clock, the
@@ -556,6 +559,13 @@ class Generation(models.Model):
 
     def get_absolute_url(self) -> str:
         return reverse("gallery:detail", args=[self.pk])
+
+    def variations(self) -> GenerationQuerySet:
+        """Every generation of this one's form post, itself included, oldest first; none when
+        it was made on its own."""
+        if self.post is None:
+            return Generation.objects.none()
+        return Generation.objects.filter(owner_id=self.owner_id, post=self.post).order_by("id")
 
     @property
     def is_finished(self) -> bool:
