@@ -488,3 +488,19 @@ def test_it_shows_a_posts_variations_as_one_group(stack, browser, gallery):
     assert not found, found
     assert not violations, violations
     context.close()
+
+
+def test_it_switches_the_theme_and_remembers_it(stack, browser, gallery):
+    context = browser.new_context(storage_state=gallery["state"], color_scheme="dark")
+    page = context.new_page()
+    background = "() => getComputedStyle(document.body).backgroundColor"
+    page.goto(stack.url + "/")
+    assert page.evaluate(background) == "rgb(17, 17, 16)"  # the system's dark
+    toggle = page.locator("[data-theme-toggle]:visible")
+    assert toggle.inner_text() == "Light theme"
+    toggle.click()
+    assert page.evaluate(background) == "rgb(246, 244, 238)"
+    page.reload()
+    assert page.evaluate(background) == "rgb(246, 244, 238)"  # remembered in this browser
+    assert page.locator("[data-theme-toggle]:visible").get_attribute("aria-pressed") == "false"
+    context.close()
