@@ -220,7 +220,9 @@ def test_it_shares_an_image_and_revokes_the_link(stack, browser):
     assert "Revoked" in page.locator("table.table").inner_text()
 
     fresh = browser.new_context()
-    assert fresh.new_page().goto(link_url).status == 404
+    stranger = fresh.new_page()
+    assert stranger.goto(link_url).status == 404
+    assert "This link was revoked or has expired" in stranger.locator("main").inner_text()
     assert fresh.request.get(og_image).status == 404
     assert public.reload().status == 404
     for context in (owner, visitor, fresh):
