@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -57,6 +58,35 @@ def email_url(url: str) -> dict:
     }
 
 
+def envprices(name: str, default: str) -> dict[str, int]:
+    """Whole credits per resolution, "1K=1,2K=2,4K=4"; a resolution left out keeps its
+    default. A typo stops the process with the variable's name rather than charging wrong."""
+    prices = {}
+    for text in (default, os.getenv(name, "")):
+        for item in filter(None, (part.strip() for part in text.split(","))):
+            resolution, _, credits = (part.strip() for part in item.partition("="))
+            resolution = resolution.upper()
+            whole = credits.isascii() and credits.isdigit()
+            if resolution not in ("1K", "2K", "4K") or not whole:
+                raise ValueError(f"{name}: {item!r} is not RESOLUTION=CREDITS (1K, 2K or 4K)")
+            prices[resolution] = int(credits)
+    return prices
+
+
+def envdecimal(name: str) -> Decimal | None:
+    """A non-negative decimal, or None when the variable is unset or empty."""
+    text = os.getenv(name, "").strip()
+    if not text:
+        return None
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        value = None
+    if value is None or not value.is_finite() or value < 0:
+        raise ValueError(f"{name}: {text!r} is not a non-negative decimal number")
+    return value
+
+
 SECRET_KEY = os.getenv("SECRET_KEY", "dev-only-insecure-key-set-SECRET_KEY-in-production")
 DEBUG = envbool("DEBUG", False)
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]")
@@ -83,6 +113,7 @@ INSTALLED_APPS = [
     "allauth.socialaccount.providers.openid_connect",
     "accounts",
     "gallery",
+    "ledger",
 ]
 # Development-only commands (`manage.py simulator`), so a production `manage.py help` has none.
 if DEBUG:
@@ -237,7 +268,8 @@ if OIDC_SERVER_URL:
             "name": os.getenv("OIDC_NAME", "single sign-on"),
             "client_id": os.getenv("OIDC_CLIENT_ID", ""),
             "secret": os.getenv("OIDC_CLIENT_SECRET", ""),
-            "settings": {"server_url": OIDC_SERVER_URL},
+            # PKCE on: it costs nothing and providers increasingly require it.
+            "settings": {"server_url": OIDC_SERVER_URL, "oauth_pkce_enabled": True},
         }
     )
 # Registration modes ("open", "invite", "approval", "closed") and the email domains sign-up is
@@ -365,6 +397,17 @@ RUNNER_HANDOVER_TURNS = envint("RUNNER_HANDOVER_TURNS", 5)
 # database (due), so that a runner's message never queues behind a long line of downloads.
 DOWNLOAD_QUEUE_MAX = envint("DOWNLOAD_QUEUE_MAX", 8)
 PIPELINE_RUNNERS = envint("PIPELINE_RUNNERS", 1)
+
+# The price table of the cost ledger (ledger/models.py): what the provider charges per task, in
+# its credits, by resolution (the simulator's CREDIT_COST by default). With PRICE_PER_CREDIT
+# set, each ledger entry also carries its price in money, in PRICE_CURRENCY (a code or symbol
+# shown beside amounts). Each entry keeps the price it was accepted at, so changing these never
+# changes the past.
+PRICE_CREDITS = envprices("PRICE_CREDITS", "1K=1,2K=2,4K=4")
+PRICE_PER_CREDIT = envdecimal("PRICE_PER_CREDIT")
+PRICE_CURRENCY = os.getenv("PRICE_CURRENCY", "").strip()
+if len(PRICE_CURRENCY) > 8:
+    raise ValueError(f"PRICE_CURRENCY: {PRICE_CURRENCY!r} is longer than 8 characters")
 
 # Two workers are mostly taken by the submission and poll runners; the others download.
 Q_WORKERS = envint("Q_WORKERS", 4)

@@ -75,6 +75,14 @@ class GenerationAdmin(admin.ModelAdmin):
     def short_prompt(self, generation: Generation) -> str:
         return generation.prompt[:60]
 
+    # Deleting here deletes as the gallery does: the files too, and the ledger entries stay,
+    # a pending one settled as deleted.
+    def delete_model(self, request: HttpRequest, obj: Generation) -> None:
+        Generation.objects.filter(pk=obj.pk).delete_with_files()
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Generation]) -> None:
+        queryset.delete_with_files()
+
     @admin.action(description="Retry the selected failed generations")
     def retry_failed(self, request: HttpRequest, queryset: QuerySet[Generation]) -> None:
         retried = sum(generation.retry() for generation in queryset.finished())

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 
 from django import forms
@@ -81,8 +82,9 @@ class GenerationForm(forms.ModelForm):
     def save_for(self, owner) -> list[Generation]:
         """Create `count` generations of the same prompt and settings for `owner`."""
         settings = {name: self.cleaned_data[name] for name in self.Meta.fields}
+        post = uuid.uuid4()
         return [
-            Generation.objects.create(owner=owner, **settings)
+            Generation.objects.create(owner=owner, post=post, **settings)
             for _ in range(self.cleaned_data["count"] or 1)
         ]
 

@@ -23,6 +23,7 @@ from django.utils.text import Truncator, slugify
 from PIL import Image as PILImage
 
 from gallery import provider
+from ledger.models import LedgerEntry
 
 log = logging.getLogger(__name__)
 
@@ -356,9 +357,13 @@ class GenerationQuerySet(models.QuerySet):
         )
 
     def delete_with_files(self) -> int:
-        """Delete these generations, their images and share links, and then their files."""
+        """Delete these generations, their images and share links, and then their files.
+
+        Their ledger entries stay: a task still pending is settled as deleted (it was charged
+        all the same), and every entry keeps the generation's id."""
         with transaction.atomic():
             ids = list(self.values_list("pk", flat=True))
+            LedgerEntry.objects.filter(generation__in=ids).settle(LedgerEntry.Outcome.DELETED)
             Image.objects.filter(generation__in=ids).delete_with_files()
             _, deleted = Generation.objects.filter(pk__in=ids).delete()
         return deleted.get(Generation._meta.label, 0)
@@ -508,6 +513,9 @@ class Generation(models.Model):
     fail_code = models.CharField(max_length=20, blank=True)
     fail_message = models.TextField(blank=True)
     is_favorite = models.BooleanField(default=False)
+    # The form post (1-4 variations of one prompt) this generation came from: the gallery shows
+    # a post's variations as one group. Empty for a generation made on its own (a re-run).
+    post = models.UUIDField(null=True, blank=True, editable=False, db_index=True)
 
     created_at = models.DateTimeField(default=timezone.now)
     # When this try was queued: at creation, and again at each retry. A card's clock, the
@@ -556,6 +564,13 @@ class Generation(models.Model):
 
     def get_absolute_url(self) -> str:
         return reverse("gallery:detail", args=[self.pk])
+
+    def variations(self) -> GenerationQuerySet:
+        """Every generation of this one's form post, itself included, oldest first; none when
+        it was made on its own."""
+        if self.post is None:
+            return Generation.objects.none()
+        return Generation.objects.filter(owner_id=self.owner_id, post=self.post).order_by("id")
 
     @property
     def is_finished(self) -> bool:
@@ -651,29 +666,59 @@ class Generation(models.Model):
         return self._transition((self.Status.SUBMITTING,), **fields)
 
     def mark_submitted(self, task_id: str) -> bool:
+        """The image service accepted the task, and so charged for it: its ledger entry is
+        written in the same transaction (once per task, however often this is recorded)."""
         now = timezone.now()
-        return self._transition(
-            (self.Status.SUBMITTING, self.Status.QUEUED),
-            status=self.Status.WAITING,
-            task_id=task_id,
-            provider_state="waiting",
-            submitted_at=now,
-            retry_at=None,
-            lease_until=None,
-            next_poll_at=now + timedelta(seconds=first_poll_delay(self.resolution)),
-        )
+        next_poll_at = now + timedelta(seconds=first_poll_delay(self.resolution))
+        with transaction.atomic():
+            accepted = self._transition(
+                (self.Status.SUBMITTING, self.Status.QUEUED),
+                status=self.Status.WAITING,
+                task_id=task_id,
+                provider_state="waiting",
+                submitted_at=now,
+                retry_at=None,
+                lease_until=None,
+                next_poll_at=next_poll_at,
+            )
+            if accepted:
+                LedgerEntry.objects.record_accepted(self, now)
+        return accepted
 
     def mark_failed(self, message: str, code: str = "") -> bool:
-        return self._transition(
+        """Failed at any step. A task the image service had accepted (its image could not be
+        saved) is settled as failed in the ledger; one that was never accepted has no entry."""
+        return self._fail(
             (*self.IN_FLIGHT, self.Status.QUEUED, self.Status.DOWNLOADING),
-            status=self.Status.FAILED,
-            fail_code=code[:20],
-            fail_message=message,
-            finished_at=timezone.now(),
-            retry_at=None,
-            next_poll_at=None,
-            lease_until=None,
+            LedgerEntry.Outcome.FAILED,
+            message,
+            code,
         )
+
+    def mark_abandoned(self, message: str, code: str) -> bool:
+        """Given up while at the image service, without an end from it (it forgot the task,
+        the task passed its deadline, checking on it kept failing). It fails like any other,
+        and its ledger entry, charged all the same, is settled as abandoned."""
+        return self._fail(self.AT_PROVIDER, LedgerEntry.Outcome.ABANDONED, message, code)
+
+    def _fail(
+        self, expected: tuple[str, ...], outcome: str, message: str, code: str, **fields
+    ) -> bool:
+        with transaction.atomic():
+            failed = self._transition(
+                expected,
+                status=self.Status.FAILED,
+                fail_code=code[:20],
+                fail_message=message,
+                finished_at=timezone.now(),
+                retry_at=None,
+                next_poll_at=None,
+                lease_until=None,
+                **fields,
+            )
+            if failed:
+                LedgerEntry.objects.filter(generation=self.pk).settle(outcome, code, message)
+        return failed
 
     def record_poll(self, record: provider.TaskRecord) -> bool:
         """Apply one recordInfo answer for a task that is still pending."""
@@ -725,21 +770,17 @@ class Generation(models.Model):
         )
 
     def mark_provider_failed(self, record: provider.TaskRecord) -> bool:
-        return self._transition(
+        """The image service says the task failed: so does its ledger entry, with the reason."""
+        return self._fail(
             self.AT_PROVIDER,
-            status=self.Status.FAILED,
+            LedgerEntry.Outcome.FAILED,
+            plain_message("The image service could not make this image.", record.fail_message),
+            record.fail_code or "fail",
             provider_state=record.state,
-            fail_code=(record.fail_code or "fail")[:20],
-            fail_message=plain_message(
-                "The image service could not make this image.", record.fail_message
-            ),
             provider_created_at=record.create_time or self.provider_created_at,
             provider_completed_at=record.complete_time,
             cost_time_ms=record.cost_time_ms,
             poll_count=F("poll_count") + 1,
-            finished_at=timezone.now(),
-            next_poll_at=None,
-            lease_until=None,
         )
 
     def claim_download(self, seconds: float) -> bool:
@@ -767,13 +808,18 @@ class Generation(models.Model):
         )
 
     def mark_done(self) -> bool:
-        return self._transition(
-            (self.Status.DOWNLOADING,),
-            status=self.Status.DONE,
-            finished_at=timezone.now(),
-            retry_at=None,
-            lease_until=None,
-        )
+        """Every image is stored: the ledger entry of its task is settled as done."""
+        with transaction.atomic():
+            done = self._transition(
+                (self.Status.DOWNLOADING,),
+                status=self.Status.DONE,
+                finished_at=timezone.now(),
+                retry_at=None,
+                lease_until=None,
+            )
+            if done:
+                LedgerEntry.objects.filter(generation=self.pk).settle(LedgerEntry.Outcome.DONE)
+        return done
 
     def result_may_be_valid(self, now: datetime) -> bool:
         """Whether the provider's result URLs can still work (the family keeps them ~24 h)."""

@@ -447,7 +447,7 @@ def _poll_pause(now) -> float:
 def fail_overdue(now) -> None:
     cutoff = now - timedelta(seconds=settings.AIGPTIMAGE_TASK_DEADLINE)
     for generation in Generation.objects.polling().unleased(now).filter(submitted_at__lt=cutoff):
-        generation.mark_failed(
+        generation.mark_abandoned(
             "The image service took too long and the request was given up. Retry to try again.",
             "timeout",
         )
@@ -473,7 +473,7 @@ def apply_poll(generation: Generation, outcome: provider.TaskRecord | Exception)
         return PollOutcome.PENDING
     error = outcome
     if isinstance(error, provider.TaskNotFound):
-        generation.mark_failed(
+        generation.mark_abandoned(
             "The image service no longer knows this request, so its image cannot be fetched. "
             "Retry to make it again.",
             "404",
@@ -493,7 +493,7 @@ def apply_poll(generation: Generation, outcome: provider.TaskRecord | Exception)
             "try again.",
             error.said,
         )
-        generation.mark_failed(message, str(error.code or "error"))
+        generation.mark_abandoned(message, str(error.code or "error"))
         return PollOutcome.FAILED
     attempt = generation.poll_errors + 1
     if isinstance(error, provider.ProviderError):
@@ -511,7 +511,7 @@ def apply_poll(generation: Generation, outcome: provider.TaskRecord | Exception)
         code = "error"
         log.error("Polling generation %s raised", generation.pk, exc_info=error)
     if attempt >= settings.AIGPTIMAGE_RETRY_ATTEMPTS:
-        generation.mark_failed(message, code)
+        generation.mark_abandoned(message, code)
         return PollOutcome.FAILED
     generation.record_poll_error(backoff(attempt, settings.AIGPTIMAGE_RETRY_BASE))
     return PollOutcome.RETRY

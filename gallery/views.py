@@ -208,6 +208,7 @@ def detail(request: HttpRequest, pk: int) -> HttpResponse:
         "generation": generation,
         "images": images,
         "share_form": ShareLinkForm(),
+        "variations": list(generation.variations().prefetch_related("images")),
     }
     return render(request, "gallery/detail.html", context)
 

@@ -1,10 +1,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
 from simulator import DEFAULT_API_KEY, SimulatorConfig, SimulatorServer, start_in_thread
+
+if TYPE_CHECKING:
+    from tests.oidc import OIDCProvider
 
 # Simulator fixtures: a fresh provider simulator on loopback for every test that asks for one.
 
@@ -22,6 +26,22 @@ def simulator(simulator_config: SimulatorConfig) -> Iterator[SimulatorServer]:
     yield server
     server.shutdown()
     server.server_close()
+
+
+# The OpenID Connect provider for single sign-on: one process per test session.
+
+
+@pytest.fixture(scope="session")
+def oidc_provider(tmp_path_factory) -> Iterator[OIDCProvider]:
+    """A real OpenID Connect provider on loopback (tests/oidc_provider/, django-oauth-toolkit)
+    with the user olga and one confidential client; see `OIDCProvider` in tests/oidc.py.
+
+    Skips where django-oauth-toolkit is missing, and fails then with BANANA_REQUIRE_ALL=1.
+    """
+    from tests.oidc import provider_running
+
+    with provider_running(tmp_path_factory.mktemp("oidc_provider")) as provider:
+        yield provider
 
 
 # App-level fixtures: three users, and settings that point the app at the test's simulator.

@@ -16,6 +16,7 @@ from django.utils import timezone
 from PIL import Image as PILImage
 
 from gallery.models import Generation, Image
+from ledger.models import LedgerEntry
 
 # The longer side of a factory image: small enough to be cheap, big enough to be a real picture
 # with a small thumbnail smaller than itself.
@@ -114,3 +115,31 @@ def done_generation(
     for index in range(images):
         make_image(generation, width, height, PIL_FORMATS[generation.output_format], index)
     return generation
+
+
+def make_entry(
+    user,
+    accepted_at,
+    credits: int = 1,
+    outcome: str = LedgerEntry.Outcome.DONE,
+    generation: Generation | None = None,
+    **fields,
+) -> LedgerEntry:
+    """A ledger entry as the pipeline leaves one, for a generation (a new one unless given)
+    of `user`; settled `outcome` a minute after `accepted_at` unless still pending."""
+    if generation is None:
+        status = {"done": "done", "pending": "waiting"}.get(outcome, "failed")
+        generation = make_generation(user, status=status)
+    values = {
+        "user": user,
+        "generation": generation,
+        "generation_pk": generation.pk,
+        "task_id": f"task_factory_{uuid.uuid4().hex[:12]}",
+        "resolution": "1K",
+        "credits": credits,
+        "accepted_at": accepted_at,
+        "outcome": outcome,
+        "outcome_at": None if outcome == "pending" else accepted_at + timedelta(minutes=1),
+        **fields,
+    }
+    return LedgerEntry.objects.create(**values)

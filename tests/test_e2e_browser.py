@@ -221,7 +221,9 @@ def test_it_shares_an_image_and_revokes_the_link(stack, browser):
     assert "Revoked" in page.locator("table.table").inner_text()
 
     fresh = browser.new_context()
-    assert fresh.new_page().goto(link_url).status == 404
+    stranger = fresh.new_page()
+    assert stranger.goto(link_url).status == 404
+    assert "This link was revoked or has expired" in stranger.locator("main").inner_text()
     assert fresh.request.get(og_image).status == 404
     assert public.reload().status == 404
     for context in (owner, visitor, fresh):
@@ -238,7 +240,13 @@ import json
 from django.contrib.auth.models import User
 from gallery.models import ShareLink
 from tests.factories import image_size, make_generation, make_image
+import uuid
 user = User.objects.create_user("uma", password="a-long-pass-phrase")
+post = uuid.uuid4()  # one post of three variations, the oldest images (last in the grid)
+variations = [make_generation(user, prompt="three pears", aspect_ratio="4:5", post=post)
+              for _ in range(3)]
+for generation in variations:
+    make_image(generation, *image_size("4:5"))
 made = []
 for i, ratio in enumerate(["16:9", "1:1", "9:16", "21:9", "3:4", "8:1", "2:3", "4:3", "1:4"]):
     generation = make_generation(user, prompt=f"secret prompt {i} of uma", aspect_ratio=ratio,
@@ -247,7 +255,8 @@ for i, ratio in enumerate(["16:9", "1:1", "9:16", "21:9", "3:4", "8:1", "2:3", "
     made.append(generation)
 make_generation(user, prompt="refused", status="failed", fail_message="Refused, change it.")
 link = ShareLink.objects.create(image=made[2].images.get(), show_prompt=False)
-print(json.dumps({"detail": made[0].pk, "token": link.token}))
+print(json.dumps({"detail": made[0].pk, "token": link.token,
+                  "variations": [g.pk for g in variations]}))
 """
 
 
@@ -279,7 +288,11 @@ def watch_csp(page) -> list[str]:
 def check_page(page) -> None:
     """No sideways scrolling, and every image drawn at its own aspect ratio (within 2 %)."""
     page.wait_for_load_state("networkidle")
-    page.wait_for_function("() => [...document.images].every(i => i.complete)", timeout=10_000)
+    # Every image that is drawn (a folded variation is not, and lazy, never loads).
+    page.wait_for_function(
+        "() => [...document.images].filter(i => i.offsetParent).every(i => i.complete)",
+        timeout=10_000,
+    )
     overflow = page.evaluate(
         "() => document.documentElement.scrollWidth - document.documentElement.clientWidth"
     )
@@ -443,4 +456,75 @@ def test_it_shows_a_pause_and_its_end_without_a_reload(stack, browser):
     page.locator("article.tile img").wait_for(timeout=60_000)
     banner.wait_for(state="detached", timeout=10_000)
     assert page.evaluate("window.__sameDocument") is True
+    context.close()
+
+
+def test_it_shows_a_posts_variations_as_one_group(stack, browser, gallery):
+    context = browser.new_context(
+        storage_state=gallery["state"], viewport={"width": 1440, "height": 900}
+    )
+    page = context.new_page()
+    violations = watch_csp(page)
+    page.goto(stack.url + "/")
+    page.wait_for_load_state("networkidle")
+    members = page.locator(".tile[data-post]")
+    assert members.count() == 3
+    visible = page.locator(".tile[data-post]:visible")
+    assert visible.count() == 1  # one tile for the post, the newest variation
+    fold = page.locator(".tile-post")
+    assert fold.text_content() == "+2 more: show all 3 variations"  # "+2" shows
+
+    # The viewer walks through every variation, folded or not.
+    newest, middle, oldest = (f"/generations/{pk}/" for pk in reversed(gallery["variations"]))
+    visible.locator("a.tile-link").click(position={"x": 60, "y": 60})
+    page.locator(".pswp--open").wait_for()
+    at(page, stack.url + newest)
+    page.wait_for_function("() => document.activeElement?.closest('.pswp') !== null")
+    page.keyboard.press("ArrowRight")
+    at(page, stack.url + middle)
+    page.keyboard.press("ArrowRight")
+    at(page, stack.url + oldest)
+    page.keyboard.press("Escape")
+    page.locator(".pswp--open").wait_for(state="detached")
+
+    fold.click()
+    page.wait_for_function(
+        "() => document.querySelectorAll('.tile[data-post]:not(.tile--folded)').length === 3"
+    )
+    assert visible.count() == 3
+    check_page(page)  # unfolded, the rows still keep every shape
+    assert fold.get_attribute("aria-expanded") == "true"
+    fold.click()
+    page.wait_for_function("() => document.querySelectorAll('.tile--folded').length === 2")
+
+    # Select mode shows each variation, so that each can be picked.
+    page.keyboard.press("s")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.tile[data-post]')].every(t => t.offsetParent)"
+    )
+    page.keyboard.press("Escape")
+
+    page.goto(stack.url + middle)
+    assert page.locator(".variations li").count() == 3
+    assert page.locator('.variations [aria-current="page"]').get_attribute("href") == middle
+    check_page(page)
+    found = axe_violations(browser, stack.url + middle, gallery["state"], (1440, 900), "light")
+    assert not found, found
+    assert not violations, violations
+    context.close()
+
+
+def test_it_switches_the_theme_and_remembers_it(stack, browser, gallery):
+    context = browser.new_context(storage_state=gallery["state"], color_scheme="dark")
+    page = context.new_page()
+    background = "() => getComputedStyle(document.body).backgroundColor"
+    page.goto(stack.url + "/")
+    assert page.evaluate(background) == "rgb(17, 17, 16)"  # the system's dark
+    toggle = page.locator("[data-theme-toggle]:visible")
+    assert toggle.inner_text() == "Light theme"
+    toggle.click()
+    assert page.evaluate(background) == "rgb(246, 244, 238)"
+    page.reload()
+    assert page.evaluate(background) == "rgb(246, 244, 238)"  # remembered in this browser
+    assert page.locator("[data-theme-toggle]:visible").get_attribute("aria-pressed") == "false"
     context.close()

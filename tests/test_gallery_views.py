@@ -154,6 +154,32 @@ def test_it_makes_several_variations_in_one_post(client, alice):
     assert generations.count() == 3
     assert len({g.request_id for g in generations}) == 3
     assert {g.prompt for g in generations} == {"a lighthouse at dawn"}
+    # One post: the gallery groups its variations, and the next post is a group of its own.
+    assert len({g.post for g in generations}) == 1 and generations[0].post is not None
+    client.post(reverse("gallery:create"), form_data(count="2"))
+    assert Generation.objects.values("post").distinct().count() == 2
+    html = client.get(reverse("gallery:index")).content.decode()
+    assert html.count(f'data-post="{generations[0].post}"') == 3
+
+
+def test_it_lists_a_posts_variations_on_the_detail_page(client, alice, bob):
+    client.force_login(alice)
+    client.post(reverse("gallery:create"), form_data(count="3"))
+    first, second, third = Generation.objects.order_by("id")
+    done_generation(bob, post=first.post)  # another user's row can't join (nor be shown)
+    rerun = client.post(reverse("gallery:rerun", args=[second.pk]))
+    assert rerun.status_code == 302
+    assert Generation.objects.order_by("id").last().post is None  # made on its own
+
+    html = client.get(reverse("gallery:detail", args=[second.pk])).content.decode()
+    assert "3 images from one prompt" in html
+    for other in (first, second, third):
+        assert reverse("gallery:detail", args=[other.pk]) in html
+    assert f'href="{reverse("gallery:detail", args=[second.pk])}" aria-current="page"' in html
+    alone = Generation.objects.order_by("id").last()
+    assert (
+        "Variations" not in client.get(reverse("gallery:detail", args=[alone.pk])).content.decode()
+    )
 
 
 # Cards

@@ -5,8 +5,53 @@ function targetHeight() {
   return parseFloat(getComputedStyle(document.documentElement).getPropertyValue("--row")) || 220;
 }
 
-export function layout(cards) {
+// Posts: the variations of one form post (tiles next to each other with one data-post) show as
+// one tile, the newest, with a "+N" button that unfolds the others in place (and folds them
+// again). The viewer walks through all of them either way; in select mode all show, so each
+// can be picked. Without JavaScript every variation is a tile of its own.
+const unfolded = new Set();
+
+function groupPosts(cards) {
   const tiles = [...cards.children].filter((el) => el.classList.contains("tile"));
+  for (let i = 0; i < tiles.length; ) {
+    const post = tiles[i].dataset.post;
+    let end = i + 1;
+    while (post && end < tiles.length && tiles[end].dataset.post === post) end++;
+    const members = tiles.slice(i, end);
+    const open = unfolded.has(post);
+    members.forEach((tile, k) => {
+      const lead = k === 0 && members.length > 1;
+      tile.classList.toggle("tile--post", members.length > 1);
+      tile.classList.toggle("tile--folded", k > 0 && !open);
+      let button = tile.querySelector(":scope > .tile-post");
+      if (!lead) {
+        button?.remove();
+        return;
+      }
+      if (!button) {
+        button = document.createElement("button");
+        button.type = "button";
+        button.className = "tile-post";
+        tile.append(button);
+      }
+      const n = members.length;
+      const hidden = document.createElement("span");
+      hidden.className = "visually-hidden";
+      hidden.textContent = open ? ` the ${n} variations` : ` more: show all ${n} variations`;
+      button.replaceChildren(open ? "Fold" : `+${n - 1}`, hidden);
+      button.dataset.post = post;
+      button.setAttribute("aria-expanded", String(open));
+      button.title = open ? `Fold the ${n} variations` : `Show all ${n} variations`;
+    });
+    i = end;
+  }
+}
+
+export function layout(cards) {
+  groupPosts(cards);
+  const tiles = [...cards.children].filter(
+    (el) => el.classList.contains("tile") && getComputedStyle(el).display !== "none",
+  );
   if (!tiles.length) return;
   const width = cards.clientWidth;
   const gap = parseFloat(getComputedStyle(cards).columnGap) || 0;
@@ -47,6 +92,20 @@ export function startGrid() {
     cancelAnimationFrame(frame);
     frame = requestAnimationFrame(() => layout(cards));
   };
+  cards.addEventListener("click", (event) => {
+    const button = event.target.closest(".tile-post");
+    if (!button) return;
+    const post = button.dataset.post;
+    if (unfolded.has(post)) unfolded.delete(post);
+    else unfolded.add(post);
+    layout(cards);
+    button.focus();
+  });
+  // Select mode shows every variation: the gallery's class changes, so lay out again.
+  new MutationObserver(schedule).observe(cards.closest(".gallery") ?? cards, {
+    attributes: true,
+    attributeFilter: ["class"],
+  });
   new ResizeObserver(schedule).observe(cards);
   new MutationObserver(schedule).observe(cards, { childList: true });
   document.addEventListener("htmx:afterSettle", schedule);

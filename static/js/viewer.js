@@ -42,7 +42,7 @@ export function startViewer() {
     children: LINKS,
     pswpModule: () => import("../vendor/photoswipe/photoswipe.esm.min.js"),
     loop: false,
-    bgOpacity: 0.94,
+    bgOpacity: 1,
     showHideAnimationType: "fade",
     closeTitle: "Close (Esc)",
     zoomTitle: "Zoom",
