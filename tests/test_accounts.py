@@ -6,8 +6,10 @@ from __future__ import annotations
 import re
 import time
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 import pytest
+import requests
 from allauth.account.models import EmailAddress
 from allauth.mfa.models import Authenticator
 from allauth.mfa.totp.internal.auth import SECRET_SESSION_KEY, format_hotp_value, hotp_value
@@ -601,3 +603,42 @@ def test_it_offers_single_sign_on_when_configured(client, dora, settings):
         assert "Sign in with Team SSO" in html, name
     client.force_login(dora)
     assert "Single sign-on" in client.get(reverse("accounts:account")).content.decode()
+
+
+def sso_sign_in(client: Client, provider) -> object:
+    """Sign in at the loopback OpenID Connect provider and come back; the last response."""
+    response = client.post(reverse("openid_connect_login", kwargs={"provider_id": "oidc"}))
+    assert response.status_code == 302
+    callback = provider.log_in(requests.Session(), response["Location"])
+    path, _, query = callback.partition("?")
+    return client.get(urlsplit(path).path + "?" + query)
+
+
+@pytest.fixture
+def sso(oidc_provider, settings):
+    app = {
+        "provider_id": "oidc",
+        "name": "Team SSO",
+        "client_id": oidc_provider.client_id,
+        "secret": oidc_provider.client_secret,
+        "settings": {"server_url": oidc_provider.server_url, "oauth_pkce_enabled": True},
+    }
+    settings.SOCIALACCOUNT_PROVIDERS = {"openid_connect": {"APPS": [app]}}
+    return oidc_provider
+
+
+def test_it_signs_up_by_single_sign_on_as_the_registration_mode_allows(client, db, sso):
+    set_registration("closed")
+    response = sso_sign_in(client, sso)
+    assert response.status_code == 403 and "Sign-up is closed" in response.content.decode()
+    assert not User.objects.exists()
+
+    set_registration("approval")
+    response = sso_sign_in(Client(), sso)
+    assert response["Location"] == reverse("accounts:waiting")
+    user = User.objects.get()
+    assert user.email == sso.email and Approval.status_of(user) == "pending"
+    Approval.objects.update(status="approved")
+    client = Client()
+    assert sso_sign_in(client, sso)["Location"] == reverse("gallery:index")
+    assert signed_in(client)
