@@ -21,5 +21,6 @@ urlpatterns = [
     # Public share pages: the only pages besides the auth pages that need no login.
     path("s/<str:token>/", views.share_page, name="share"),
     path("s/<str:token>/image", views.share_image, name="share_image"),
+    path("", include("ledger.urls")),
     path("", include("gallery.urls")),
 ]
