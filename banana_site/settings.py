@@ -11,6 +11,7 @@ import os
 import tempfile
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import dj_database_url
 from csp.constants import NONE, SELF
@@ -32,6 +33,29 @@ def envfloat(name: str, default: float) -> float:
 
 def envlist(name: str, default: str) -> list[str]:
     return [item.strip() for item in os.getenv(name, default).split(",") if item.strip()]
+
+
+def email_url(url: str) -> dict:
+    """Django's EMAIL_* settings from one URL: `smtp://user:pass@host:587?tls=1`, `smtps://…`
+    (TLS from the first byte, port 465), `console:` or `locmem:`. User and password may be
+    percent-encoded, as in any URL."""
+    parts = urlsplit(url)
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    if parts.scheme in ("console", "locmem"):
+        return {"EMAIL_BACKEND": f"django.core.mail.backends.{parts.scheme}.EmailBackend"}
+    if parts.scheme not in ("smtp", "smtps"):
+        raise ValueError(f"EMAIL_URL: unknown scheme {parts.scheme!r} (smtp, smtps, console)")
+    ssl = parts.scheme == "smtps" or query.get("ssl") in ("1", "true")
+    return {
+        "EMAIL_BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+        "EMAIL_HOST": parts.hostname or "localhost",
+        "EMAIL_PORT": parts.port or (465 if ssl else 25),
+        "EMAIL_HOST_USER": unquote(parts.username or ""),
+        "EMAIL_HOST_PASSWORD": unquote(parts.password or ""),
+        "EMAIL_USE_SSL": ssl,
+        "EMAIL_USE_TLS": not ssl and query.get("tls") in ("1", "true"),
+        "EMAIL_TIMEOUT": int(query.get("timeout", 20)),
+    }
 
 
 def envprices(name: str, default: str) -> dict[str, int]:
@@ -82,6 +106,12 @@ INSTALLED_APPS = [
     "django_q",
     "csp",
     "django_ratelimit",
+    "allauth",
+    "allauth.account",
+    "allauth.mfa",
+    "allauth.socialaccount",
+    "allauth.socialaccount.providers.openid_connect",
+    "accounts",
     "gallery",
     "ledger",
 ]
@@ -98,6 +128,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    "allauth.account.middleware.AccountMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
@@ -161,10 +192,8 @@ else:
     # request; several web processes must share REDIS_URL for rate limits to hold.
     SILENCED_SYSTEM_CHECKS = ["django_ratelimit.E003", "django_ratelimit.W001"]
 RATELIMIT_VIEW = "gallery.views.rate_limited"
-# Rate limits (django-ratelimit syntax): sign-in and sign-up attempts per client address, and
-# generations a user may ask for, to protect the account's credits from a runaway script.
-RATELIMIT_LOGIN = os.getenv("RATELIMIT_LOGIN", "20/m")
-RATELIMIT_SIGNUP = os.getenv("RATELIMIT_SIGNUP", "20/h")
+# Generations a user may ask for, to protect the account's credits from a runaway script
+# (django-ratelimit syntax). Sign-in, sign-up and password reset are limited by allauth below.
 RATELIMIT_GENERATE = os.getenv("RATELIMIT_GENERATE", "30/m")
 
 # Only our own scripts, styles and images: htmx is served from here and needs no eval.
@@ -188,9 +217,83 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
-LOGIN_URL = "login"
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    "allauth.account.auth_backends.AuthenticationBackend",
+]
+LOGIN_URL = "account_login"
 LOGIN_REDIRECT_URL = "gallery:index"
-LOGOUT_REDIRECT_URL = "login"
+LOGOUT_REDIRECT_URL = "account_login"
+
+# Accounts (django-allauth): sign in by username or email; sign up with a username, an email
+# address and a password; verification of that address "none", "optional" or "mandatory".
+ACCOUNT_ADAPTER = "accounts.adapter.AccountAdapter"
+SOCIALACCOUNT_ADAPTER = "accounts.adapter.SocialAccountAdapter"
+ACCOUNT_FORMS = {"login": "accounts.forms.LoginForm"}
+ACCOUNT_LOGIN_METHODS = {"username", "email"}
+ACCOUNT_SIGNUP_FIELDS = ["username*", "email*", "password1*", "password2*"]
+ACCOUNT_EMAIL_VERIFICATION = os.getenv("ACCOUNT_EMAIL_VERIFICATION", "optional")
+ACCOUNT_LOGIN_ON_EMAIL_CONFIRMATION = True
+ACCOUNT_EMAIL_SUBJECT_PREFIX = "[Banana Gallery] "
+# Throttling, in allauth's "amount/period/what" syntax. "ip" counts per client address, "key"
+# per username or email address tried. Failed sign-ins are counted both ways: guesses from one
+# address are slowed there without touching anyone else's sign-in, and guesses at one account
+# from many addresses are stopped by the per-account limit, which lasts only minutes, so the
+# real user is never locked out for good (a password reset ends it at once).
+ACCOUNT_RATE_LIMITS = {
+    "login": os.getenv("RATE_LIMIT_LOGIN", "30/m/ip"),
+    "login_failed": os.getenv("RATE_LIMIT_LOGIN_FAILED", "10/m/ip,5/5m/key"),
+    "signup": os.getenv("RATE_LIMIT_SIGNUP", "20/h/ip"),
+    "reset_password": os.getenv("RATE_LIMIT_RESET_PASSWORD", "20/h/ip,3/h/key"),
+    "reset_password_from_key": "20/m/ip",
+    "change_password": "5/m/user",
+    "manage_email": "10/m/user",
+    "reauthenticate": "10/m/user",
+}
+# Behind a reverse proxy the client's address is in X-Forwarded-For: say how many proxies
+# (that each add one address) stand in front, or every client looks like the proxy.
+ALLAUTH_TRUSTED_PROXY_COUNT = envint("TRUSTED_PROXY_COUNT", 0)
+# Two-factor sign-in with an authenticator app and one-time recovery codes.
+MFA_SUPPORTED_TYPES = ["totp", "recovery_codes"]
+MFA_TOTP_ISSUER = os.getenv("MFA_TOTP_ISSUER", "Banana Gallery")
+# Single sign-on through OpenID Connect, on when OIDC_SERVER_URL is set (the issuer's URL,
+# where /.well-known/openid-configuration is found). The login page then has a "Sign in with
+# OIDC_NAME" button; new accounts made that way follow the registration mode as any other.
+OIDC_SERVER_URL = os.getenv("OIDC_SERVER_URL", "")
+SOCIALACCOUNT_PROVIDERS = {"openid_connect": {"APPS": []}}
+if OIDC_SERVER_URL:
+    SOCIALACCOUNT_PROVIDERS["openid_connect"]["APPS"].append(
+        {
+            "provider_id": "oidc",
+            "name": os.getenv("OIDC_NAME", "single sign-on"),
+            "client_id": os.getenv("OIDC_CLIENT_ID", ""),
+            "secret": os.getenv("OIDC_CLIENT_SECRET", ""),
+            # PKCE on: it costs nothing and providers increasingly require it.
+            "settings": {"server_url": OIDC_SERVER_URL, "oauth_pkce_enabled": True},
+        }
+    )
+# Registration modes ("open", "invite", "approval", "closed") and the email domains sign-up is
+# open to (empty: any). These seed the setting stored in the database the first time it is
+# read; after that staff change it on the sign-ups page, and these are no longer read.
+REGISTRATION_MODE = os.getenv("REGISTRATION_MODE", "open")
+REGISTRATION_EMAIL_DOMAINS = envlist("REGISTRATION_EMAIL_DOMAINS", "")
+
+# Outgoing mail: EMAIL_URL (smtp://user:password@host:587?tls=1), or EMAIL_HOST and friends.
+# With neither, mail is printed to the console (the server's log), so a password reset link
+# shows in the terminal of `make run`; `manage.py check --deploy` warns about it.
+DEFAULT_FROM_EMAIL = os.getenv("DEFAULT_FROM_EMAIL", "Banana Gallery <banana@localhost>")
+SERVER_EMAIL = DEFAULT_FROM_EMAIL
+EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
+if os.getenv("EMAIL_URL"):
+    vars().update(email_url(os.environ["EMAIL_URL"]))
+elif os.getenv("EMAIL_HOST"):
+    EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    EMAIL_HOST = os.environ["EMAIL_HOST"]
+    EMAIL_PORT = envint("EMAIL_PORT", 587)
+    EMAIL_HOST_USER = os.getenv("EMAIL_HOST_USER", "")
+    EMAIL_HOST_PASSWORD = os.getenv("EMAIL_HOST_PASSWORD", "")
+    EMAIL_USE_TLS = envbool("EMAIL_USE_TLS", True)
+    EMAIL_USE_SSL = envbool("EMAIL_USE_SSL", False)
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

@@ -1,26 +1,24 @@
 from __future__ import annotations
 
+from allauth.account.decorators import secure_admin_login
 from django.contrib import admin
-from django.contrib.auth import views as auth_views
 from django.urls import include, path
-from django_ratelimit.decorators import ratelimit
 
 from gallery import views
 
+# The admin signs in through the site's login page, with its throttling and two-factor step.
+admin.site.login = secure_admin_login(admin.site.login)
+
+# allauth answers its own rate limits with this view.
+handler429 = "accounts.views.too_many_requests"
+
 urlpatterns = [
-    path("accounts/signup/", views.signup, name="signup"),
-    path(
-        "accounts/login/",
-        ratelimit(group="login", key="ip", rate=views.auth_rate, method="POST")(
-            auth_views.LoginView.as_view()
-        ),
-        name="login",
-    ),
-    path("accounts/", include("django.contrib.auth.urls")),
+    path("accounts/", include("allauth.urls")),
     path("admin/", admin.site.urls),
-    # Public share pages: the only pages besides the auth pages that need no login.
+    # Public share pages: the only pages besides the account pages that need no login.
     path("s/<str:token>/", views.share_page, name="share"),
     path("s/<str:token>/image", views.share_image, name="share_image"),
+    path("", include("accounts.urls")),
     path("", include("ledger.urls")),
     path("", include("gallery.urls")),
 ]

@@ -4,7 +4,6 @@ import uuid
 from datetime import timedelta
 
 from django import forms
-from django.contrib.auth.forms import UserCreationForm
 from django.utils import timezone
 
 from gallery import provider
@@ -88,11 +87,6 @@ class GenerationForm(forms.ModelForm):
             Generation.objects.create(owner=owner, post=post, **settings)
             for _ in range(self.cleaned_data["count"] or 1)
         ]
-
-
-class SignupForm(UserCreationForm):
-    class Meta(UserCreationForm.Meta):
-        fields = ("username",)
 
 
 class GalleryFilterForm(forms.Form):

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth import login
 from django.contrib.auth.decorators import login_not_required
 from django.db.models.fields.files import FieldFile
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
@@ -14,7 +13,6 @@ from django.utils.translation import ngettext
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import reswap, retarget
 from django_ratelimit.core import get_usage
-from django_ratelimit.decorators import ratelimit
 
 from gallery import tasks
 from gallery.forms import (
@@ -22,7 +20,6 @@ from gallery.forms import (
     GalleryFilterForm,
     GenerationForm,
     ShareLinkForm,
-    SignupForm,
 )
 from gallery.models import Generation, Image, ShareLink
 
@@ -103,11 +100,6 @@ def _remix_initial(request: HttpRequest) -> dict:
     return {name: getattr(generation, name) for name in ["prompt", *SETTINGS_FIELDS]}
 
 
-def auth_rate(group: str, request: HttpRequest) -> str:
-    """The limit of the "login" or "signup" group, read from settings when it is checked."""
-    return getattr(settings, f"RATELIMIT_{group.upper()}")
-
-
 def wait_words(seconds: int) -> str:
     """About how long a wait is, in words: "about 40 seconds", "about 3 minutes"."""
     if seconds < 60:
@@ -118,21 +110,6 @@ def wait_words(seconds: int) -> str:
         return ngettext("about %(n)d minute", "about %(n)d minutes", minutes) % {"n": minutes}
     hours = round(seconds / 3600)
     return ngettext("about %(n)d hour", "about %(n)d hours", hours) % {"n": hours}
-
-
-@login_not_required
-@ratelimit(group="signup", key="ip", rate=auth_rate, method="POST")
-@require_http_methods(["GET", "POST"])
-def signup(request: HttpRequest) -> HttpResponse:
-    if request.user.is_authenticated:
-        return redirect("gallery:index")
-    form = SignupForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        user = form.save()
-        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
-        messages.success(request, f"Welcome, {user.username}! Describe an image to begin.")
-        return redirect("gallery:index")
-    return render(request, "registration/signup.html", {"form": form})
 
 
 @require_GET
@@ -351,16 +328,10 @@ def _public_headers(response: HttpResponse) -> HttpResponse:
 
 @login_not_required
 def rate_limited(request: HttpRequest, exception: Exception) -> HttpResponse:
-    """What django-ratelimit shows when a sign-in or sign-up limit is reached: when the user
-    can try again, from the end of the limit's window."""
-    group = request.resolver_match.url_name if request.resolver_match else ""
-    usage = None
-    if group in ("login", "signup"):
-        usage = get_usage(request, group=group, key="ip", rate=auth_rate, method="POST")
-    seconds = max(1, usage["time_left"]) if usage else 60
-    context = {"wait": wait_words(seconds), "back": request.path}
+    """What django-ratelimit shows for a limit that blocks a view (RATELIMIT_VIEW)."""
+    context = {"wait": wait_words(60), "back": request.path}
     response = render(request, "429.html", context, status=429)
-    response["Retry-After"] = str(seconds)
+    response["Retry-After"] = "60"
     return response
 
 

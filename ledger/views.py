@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
-from functools import wraps
 
 from django.conf import settings
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.utils import timezone
 from django.utils.dateformat import format as date_format
@@ -17,6 +15,8 @@ from django.utils.http import urlencode
 from django.utils.translation import ngettext
 from django.views.decorators.http import require_GET
 
+from accounts.models import Approval, Invite, Registration
+from accounts.views import staff_only
 from gallery.models import Generation, ProviderAccount
 from ledger.export import csv_response
 from ledger.forms import FIRST_YEAR, LedgerRangeForm, MonthForm
@@ -36,24 +36,12 @@ Outcome = LedgerEntry.Outcome
 CHART_DAYS = 30
 # The chart's own units (CSS sizes the drawing): a bar every 10 across, 100 tall at most.
 CHART_HEIGHT, BAR_STEP, BAR_WIDTH = 100, 10, 8
-DEAREST_SHOWN, FAILED_SHOWN = 5, 10
+DEAREST_SHOWN, FAILED_SHOWN, SIGNUPS_SHOWN = 5, 10, 5
 USER_SORTS = {
     "credits": None,  # the ledger's own order: the biggest spender first
     "user": lambda row: row.username.lower(),
     "tasks": lambda row: (-row.count, row.username.lower()),
 }
-
-
-def staff_only(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
-    """Staff pages are not found for anyone else, as if they did not exist."""
-
-    @wraps(view)
-    def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
-        if not request.user.is_staff:
-            raise Http404
-        return view(request, *args, **kwargs)
-
-    return wrapper
 
 
 def _day(day: date) -> str:
@@ -213,6 +201,24 @@ def _sorted_users(rows: list[UserTotals], sort: str, total: int) -> list[UserRow
     return [UserRow(row, row.credits / total if total else 0.0) for row in rows]
 
 
+def _signups() -> dict:
+    """Who waits for approval and which invites can still be used, the first few of each,
+    with their counts in words; the sign-ups page (accounts) is where staff act on them."""
+    waiting = Approval.objects.pending().count()
+    invites = Invite.objects.usable().count()
+    return {
+        "registration": Registration.get(),
+        "waiting": Approval.objects.pending().select_related("user")[:SIGNUPS_SHOWN],
+        "waiting_words": ngettext(
+            "%(n)d account waiting for approval", "%(n)d accounts waiting for approval", waiting
+        )
+        % {"n": waiting},
+        "invites": Invite.objects.usable()[:SIGNUPS_SHOWN],
+        "invites_words": ngettext("%(n)d open invite", "%(n)d open invites", invites)
+        % {"n": invites},
+    }
+
+
 def _dashboard(month: date, sort: str, range_form: LedgerRangeForm | None = None) -> dict:
     first, after = month_range(month)
     entries = LedgerEntry.objects.in_month(first)
@@ -247,6 +253,7 @@ def _dashboard(month: date, sort: str, range_form: LedgerRangeForm | None = None
         "in_flight": Generation.objects.in_flight().count(),
         "saving": Generation.objects.downloading().count(),
         "active_limit": settings.AIGPTIMAGE_MAX_ACTIVE_TASKS,
+        "signups": _signups(),
         "range_form": range_form,
         "priced": settings.PRICE_PER_CREDIT is not None,
     }

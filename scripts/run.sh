@@ -40,6 +40,7 @@ servers+=($!)
 sleep 2
 echo
 echo "  Banana Gallery is running: http://127.0.0.1:${PORT}/"
-echo "  Sign up at http://127.0.0.1:${PORT}/accounts/signup/ . Press Ctrl-C to stop."
+echo "  Sign up at http://127.0.0.1:${PORT}/accounts/signup/ . Mail (password resets, verification)"
+echo "  is printed here. Press Ctrl-C to stop."
 echo
 wait -n "${servers[@]}" "$cluster"

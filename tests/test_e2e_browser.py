@@ -108,6 +108,7 @@ def browser(stack):
 def sign_up(page, stack: Stack, username: str) -> None:
     page.goto(stack.url + "/accounts/signup/")
     page.fill("#id_username", username)
+    page.fill("#id_email", f"{username}@example.com")
     page.fill("#id_password1", "a-long-pass-phrase")
     page.fill("#id_password2", "a-long-pass-phrase")
     page.click("button[type=submit]")
@@ -278,7 +279,7 @@ def gallery(stack, browser):
     context = browser.new_context()
     page = context.new_page()
     page.goto(stack.url + "/accounts/login/")
-    page.fill("#id_username", "uma")
+    page.fill("#id_login", "uma")
     page.fill("#id_password", "a-long-pass-phrase")
     page.click("button[type=submit]")
     page.wait_for_url(stack.url + "/")
@@ -358,6 +359,7 @@ def test_it_draws_every_page_whole_and_accessible(stack, browser, gallery, viewp
         "detail": f"/generations/{gallery['detail']}/",
         "shares": "/shares/",
         "share": f"/s/{gallery['token']}/",
+        "account": "/accounts/",
         "usage": "/usage/",
     }
     context = browser.new_context(
@@ -378,6 +380,26 @@ def test_it_draws_every_page_whole_and_accessible(stack, browser, gallery, viewp
         page.screenshot(path=str(stack.artifacts / f"{name}-{viewport[0]}-{scheme}.png"))
         state = gallery["state"]
         found = axe_violations(browser, stack.url + path, state, viewport, scheme, before)
+        problems += [f"{name}: {v}" for v in found]
+    assert not problems, problems
+    assert not violations, violations
+    context.close()
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("viewport", VIEWPORTS, ids=["desktop", "phone"])
+def test_it_draws_the_login_and_signup_pages_whole_and_accessible(stack, browser, viewport, scheme):
+    context = browser.new_context(
+        viewport=dict(zip(("width", "height"), viewport, strict=True)), color_scheme=scheme
+    )
+    page = context.new_page()
+    violations = watch_csp(page)
+    problems = []
+    for name, path in {"login": "/accounts/login/", "signup": "/accounts/signup/"}.items():
+        page.goto(stack.url + path)
+        check_page(page)
+        page.screenshot(path=str(stack.artifacts / f"{name}-{viewport[0]}-{scheme}.png"))
+        found = axe_violations(browser, stack.url + path, None, viewport, scheme)
         problems += [f"{name}: {v}" for v in found]
     assert not problems, problems
     assert not violations, violations
@@ -547,7 +569,7 @@ def test_it_shows_the_usage_chart_and_the_dashboard_to_staff_only(stack, browser
     page = staff.new_page()
     staff_violations = watch_csp(page)
     page.goto(stack.url + "/accounts/login/")
-    page.fill("#id_username", "stella")
+    page.fill("#id_login", "stella")
     page.fill("#id_password", "a-long-pass-phrase")
     page.click("button[type=submit]")
     page.wait_for_url(stack.url + "/")

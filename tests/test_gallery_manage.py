@@ -326,7 +326,8 @@ def test_it_lets_anonymous_users_reach_only_auth_and_share_pages(client, alice, 
         ("get", reverse("gallery:image", args=[image.pk])),
         ("get", reverse("gallery:thumbnail", args=[image.pk])),
         ("get", reverse("gallery:thumbnail_large", args=[image.pk])),
-        ("get", reverse("password_change")),
+        ("get", reverse("account_change_password")),
+        ("get", reverse("accounts:account")),
         ("post", reverse("gallery:create")),
         ("post", reverse("gallery:bulk")),
         ("post", reverse("gallery:rerun", args=[done.pk])),
@@ -339,7 +340,10 @@ def test_it_lets_anonymous_users_reach_only_auth_and_share_pages(client, alice, 
     for method, url in protected:
         response = getattr(client, method)(url)
         assert response.status_code == 302, url
-        assert response["Location"].startswith(reverse("login")), url
-    for url in [reverse("login"), reverse("signup"), f"/s/{link.token}/", f"/s/{link.token}/image"]:
+        assert response["Location"].startswith(reverse("account_login")), url
+    public = [
+        reverse(name) for name in ["account_login", "account_signup", "account_reset_password"]
+    ]
+    for url in [*public, f"/s/{link.token}/", f"/s/{link.token}/image"]:
         assert client.get(url).status_code == 200, url
     assert Generation.objects.count() == 1 and ShareLink.objects.get().is_active

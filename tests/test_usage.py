@@ -16,6 +16,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
+from accounts.models import Approval, Invite, Registration
 from gallery.models import Generation, ProviderAccount
 from ledger.models import LedgerEntry, month_range
 from tests.factories import make_entry, make_generation
@@ -201,7 +202,7 @@ def test_it_costs_the_same_queries_with_more_entries_and_users(client, alice, st
     client.force_login(staff)
     make_entry(alice, now, outcome=Outcome.FAILED)
     make_entry(staff, now, outcome=Outcome.FAILED)
-    queries(client, USAGE)  # the first request makes the provider account's row
+    queries(client, USAGE), queries(client, DASHBOARD)  # the first make their settings rows
     before = queries(client, USAGE), queries(client, DASHBOARD)
     for i in range(12):
         user = User.objects.create_user(f"user{i}")
@@ -318,6 +319,29 @@ def test_it_shows_the_image_service_and_the_queue_now(client, alice, staff, sett
     assert "5 minutes ago" in words
 
 
+def test_it_shows_who_waits_for_approval_and_the_open_invites(client, alice, bob, staff):
+    Registration.objects.update_or_create(pk=1, defaults={"mode": "approval"})
+    Approval.objects.create(user=bob)
+    Approval.objects.create(user=alice, status=Approval.Status.APPROVED)
+    soon = timezone.now() + timedelta(days=2)
+    Invite.objects.create(email="dora@example.com", expires_at=soon, created_by=staff)
+    Invite.objects.create(created_by=staff)
+    Invite.objects.create(expires_at=timezone.now() - timedelta(hours=1), created_by=staff)
+    Invite.objects.create(used_at=timezone.now(), used_by=alice, created_by=staff)
+    client.force_login(staff)
+
+    response = client.get(DASHBOARD)
+    words = text(response)
+    assert "Approval: anyone can sign up, staff approve each new account" in words
+    assert "1 account waiting for approval Account bob · no address · since" in words
+    assert "2 open invites" in words
+    assert "Invite dora@example.com · expires in 1 day" in words
+    assert "Invite Anyone with the link · never expires" in words
+    html = response.content.decode()
+    assert f'href="{reverse("accounts:staff")}#pending-title"' in html
+    assert f'href="{reverse("accounts:staff")}#invites-title"' in html
+
+
 @pytest.mark.parametrize(
     "month",
     ["2026-13", "2026-00", "2026-1", "26-11", "nope", "2026-11-01", "1999-12", "3000-01",
@@ -390,7 +414,9 @@ def test_it_is_not_found_for_anyone_but_staff(client, alice):
     ]
     for url in urls:
         response = client.get(url)
-        assert response.status_code == 302 and response.url.startswith(reverse("login")), url
+        assert response.status_code == 302 and response.url.startswith(reverse("account_login")), (
+            url
+        )
     client.force_login(alice)
     for url in urls:
         assert client.get(url).status_code == 404, url

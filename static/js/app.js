@@ -148,7 +148,7 @@ document.addEventListener("keydown", (event) => {
 
 // The menu is open in the markup (so that it shows without JavaScript); on a narrow screen
 // it folds (app.css folds it at the same width).
-const narrowMenu = matchMedia("(max-width: 1000px)");
+const narrowMenu = matchMedia("(max-width: 1080px)");
 const narrow = matchMedia("(max-width: 760px)");
 function fitMenu() {
   const menu = document.querySelector("[data-menu]");
