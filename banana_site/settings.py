@@ -469,6 +469,8 @@ PRICE_PER_CREDIT = envdecimal("PRICE_PER_CREDIT")
 PRICE_CURRENCY = os.getenv("PRICE_CURRENCY", "").strip()
 if len(PRICE_CURRENCY) > 8:
     raise ValueError(f"PRICE_CURRENCY: {PRICE_CURRENCY!r} is longer than 8 characters")
+# Credits each user may spend a calendar month (0: no limit), shown on the usage page.
+BUDGET_MONTHLY_CREDITS = envint("BUDGET_MONTHLY_CREDITS", 0)
 
 # Two workers are mostly taken by the submission and poll runners; the others download.
 Q_WORKERS = envint("Q_WORKERS", 4)

@@ -19,5 +19,6 @@ urlpatterns = [
     path("s/<str:token>/", views.share_page, name="share"),
     path("s/<str:token>/image", views.share_image, name="share_image"),
     path("", include("accounts.urls")),
+    path("", include("ledger.urls")),
     path("", include("gallery.urls")),
 ]

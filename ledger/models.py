@@ -303,3 +303,41 @@ class LedgerEntry(models.Model):
 
     def delete(self, *args, **kwargs):
         raise AppendOnlyError("Ledger entries are never deleted")
+
+
+# Budget API (minimal; the budgets branch replaces this)
+
+
+@dataclass(frozen=True)
+class Allowance:
+    """What a user may spend: None means no limit."""
+
+    monthly_credits: int | None
+    max_pending: int | None
+    daily_generations: int | None
+    renews_on: date
+
+    @classmethod
+    def for_user(cls, user) -> Allowance:
+        """Everyone's allowance is BUDGET_MONTHLY_CREDITS a month (0: unlimited), renewed on
+        the first of the next month in the current time zone; there are no caps."""
+        monthly = settings.BUDGET_MONTHLY_CREDITS or None
+        return cls(monthly, None, None, month_range(timezone.localdate())[1])
+
+
+def spent_this_month(user) -> int:
+    """Credits of the tasks accepted for `user` this calendar month, whatever their outcome."""
+    return LedgerEntry.objects.for_user(user).in_month(timezone.localdate()).total_credits()
+
+
+def reserved(user) -> int:
+    """Credits held for `user`'s work that is not accepted yet: none, until budgets reserve."""
+    return 0
+
+
+def credits_left(user) -> int | None:
+    """What `user` may still spend this month; None without a monthly budget."""
+    monthly = Allowance.for_user(user).monthly_credits
+    if monthly is None:
+        return None
+    return max(0, monthly - spent_this_month(user) - reserved(user))

@@ -94,6 +94,19 @@ def charlie(db):
     return User.objects.create_user("charlie", password="password-charlie")
 
 
+def clear_cache(cache) -> None:
+    """Forget this process's cache entries. On Redis only the keys under this process's prefix
+    (tests/settings.py): Django's clear() would flush every process's keys at once."""
+    prefix = cache.key_prefix
+    if not prefix or not hasattr(cache, "_cache"):
+        cache.clear()
+        return
+    client = cache._cache.get_client(write=True)
+    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+
+
 @pytest.fixture(autouse=True)
 def app_settings(request, settings, tmp_path):
     """Fast timings, media in a temporary folder, and the provider at the test's simulator.
@@ -105,7 +118,7 @@ def app_settings(request, settings, tmp_path):
 
     from gallery import models
 
-    cache.clear()  # rate-limit counters start from zero in every test
+    clear_cache(cache)  # rate-limit counters start from zero in every test
     models._plans.clear()  # and every test plans its polls on its own history
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.AIGPTIMAGE_API_KEY = DEFAULT_API_KEY

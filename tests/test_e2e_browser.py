@@ -237,9 +237,11 @@ VIEWPORTS = [(1440, 900), (375, 812)]
 SCHEMES = ["light", "dark"]
 SEED = """
 import json
+from datetime import timedelta
 from django.contrib.auth.models import User
+from django.utils import timezone
 from gallery.models import ShareLink
-from tests.factories import image_size, make_generation, make_image
+from tests.factories import image_size, make_entry, make_generation, make_image
 import uuid
 user = User.objects.create_user("uma", password="a-long-pass-phrase")
 post = uuid.uuid4()  # one post of three variations, the oldest images (last in the grid)
@@ -253,8 +255,16 @@ for i, ratio in enumerate(["16:9", "1:1", "9:16", "21:9", "3:4", "8:1", "2:3", "
                                  cost_time_ms=9000 + i * 700, is_favorite=i == 1)
     make_image(generation, *image_size(ratio))
     made.append(generation)
-make_generation(user, prompt="refused", status="failed", fail_message="Refused, change it.")
+refused = make_generation(user, prompt="refused", status="failed",
+                          fail_message="Refused, change it.")
 link = ShareLink.objects.create(image=made[2].images.get(), show_prompt=False)
+# What the images cost: one every third day back from today, and the refused one.
+now = timezone.now()
+for i, generation in enumerate(made):
+    make_entry(user, now - timedelta(days=3 * i), credits=1 + i % 3, generation=generation)
+make_entry(user, now, credits=2, outcome="failed", generation=refused, outcome_code="400",
+           outcome_reason="Refused, change it.")
+User.objects.create_user("stella", password="a-long-pass-phrase", is_staff=True)
 print(json.dumps({"detail": made[0].pk, "token": link.token,
                   "variations": [g.pk for g in variations]}))
 """
@@ -350,6 +360,7 @@ def test_it_draws_every_page_whole_and_accessible(stack, browser, gallery, viewp
         "shares": "/shares/",
         "share": f"/s/{gallery['token']}/",
         "account": "/accounts/",
+        "usage": "/usage/",
     }
     context = browser.new_context(
         storage_state=gallery["state"],
@@ -528,3 +539,53 @@ def test_it_switches_the_theme_and_remembers_it(stack, browser, gallery):
     assert page.evaluate(background) == "rgb(246, 244, 238)"  # remembered in this browser
     assert page.locator("[data-theme-toggle]:visible").get_attribute("aria-pressed") == "false"
     context.close()
+
+
+def test_it_shows_the_usage_chart_and_the_dashboard_to_staff_only(stack, browser, gallery):
+    context = browser.new_context(
+        storage_state=gallery["state"], viewport={"width": 1440, "height": 900}
+    )
+    page = context.new_page()
+    violations = watch_csp(page)
+    page.goto(stack.url + "/")
+    page.get_by_role("link", name="Usage", exact=True).click()
+    page.wait_for_url(stack.url + "/usage/")
+    chart = page.locator("svg[data-chart][role=img]")
+    assert chart.locator("rect.chart-bar").count() == 30  # one bar a day
+    drawn = "() => [...document.querySelectorAll('rect.chart-bar')].map(r => r.getBBox().height)"
+    heights = page.evaluate(drawn)
+    assert sum(h > 0 for h in heights) == 9  # the seeded days, one every third day
+    assert max(heights) == 100  # the day with the most fills the chart
+    assert chart.bounding_box()["width"] > 1000  # stretched to the page's width
+    assert "Refused, change it." in page.locator("main").inner_text()
+    assert page.get_by_role("link", name="Site usage").count() == 0
+    assert page.goto(stack.url + "/staff/usage/").status == 404
+    assert (
+        page.goto(stack.url + "/staff/usage/ledger.csv?start=2026-01-01&end=2026-01-31").status
+        == 404
+    )
+
+    staff = browser.new_context(viewport={"width": 375, "height": 812})
+    page = staff.new_page()
+    staff_violations = watch_csp(page)
+    page.goto(stack.url + "/accounts/login/")
+    page.fill("#id_login", "stella")
+    page.fill("#id_password", "a-long-pass-phrase")
+    page.click("button[type=submit]")
+    page.wait_for_url(stack.url + "/")
+    assert page.goto(stack.url + "/staff/usage/").status == 200
+    main = page.locator("main").inner_text()
+    assert "Site usage" in main and "uma" in main and "of 5 active tasks allowed" in main
+    assert page.locator("svg[data-chart] rect.chart-bar").count() >= 28  # the month's days
+    check_page(page)
+    state = staff.storage_state()
+    for viewport in VIEWPORTS:
+        found = axe_violations(browser, stack.url + "/staff/usage/", state, viewport, "dark")
+        assert not found, found
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download CSV").click()
+    assert download.value.suggested_filename.startswith("ledger-")
+    assert "uma" in Path(download.value.path()).read_text()
+    assert not violations + staff_violations, violations + staff_violations
+    context.close()
+    staff.close()

@@ -146,11 +146,13 @@ document.addEventListener("keydown", (event) => {
   }
 });
 
-// The menu is open in the markup (so that it shows without JavaScript); on a phone it folds.
+// The menu is open in the markup (so that it shows without JavaScript); on a narrow screen
+// it folds (app.css folds it at the same width).
+const narrowMenu = matchMedia("(max-width: 1080px)");
 const narrow = matchMedia("(max-width: 760px)");
 function fitMenu() {
   const menu = document.querySelector("[data-menu]");
-  if (menu) menu.open = !narrow.matches;
+  if (menu) menu.open = !narrowMenu.matches;
   fitFolds(true);
 }
 // The composer's settings and the filters fold on a phone (they stay open if a filter is on).
@@ -162,6 +164,7 @@ function fitFolds(all) {
   }
 }
 narrow.addEventListener("change", fitMenu);
+narrowMenu.addEventListener("change", fitMenu);
 fitMenu();
 
 function wire() {
