@@ -87,6 +87,32 @@ def envdecimal(name: str) -> Decimal | None:
     return value
 
 
+def s3_origin(options: dict) -> str:
+    """The scheme and host of the presigned URLs an S3Storage with these options makes, for
+    the CSP. botocore decides between path style (`host/bucket/key`) and virtual-host style
+    (`bucket.host/key`) from the endpoint, region, bucket name and addressing style, so it is
+    asked rather than second-guessed; signing a URL needs no network and no real keys."""
+    import botocore.session
+    from botocore.config import Config
+
+    client = botocore.session.get_session().create_client(
+        "s3",
+        endpoint_url=options.get("endpoint_url"),
+        region_name=options.get("region_name"),
+        aws_access_key_id="origin",
+        aws_secret_access_key="origin",
+        config=Config(
+            signature_version=options.get("signature_version"),
+            s3={"addressing_style": options.get("addressing_style")},
+        ),
+    )
+    url = client.generate_presigned_url(
+        "get_object", Params={"Bucket": options["bucket_name"], "Key": "origin"}
+    )
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
 SECRET_KEY = os.getenv("SECRET_KEY", "dev-only-insecure-key-set-SECRET_KEY-in-production")
 DEBUG = envbool("DEBUG", False)
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]")
@@ -303,12 +329,43 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 STATICFILES_DIRS = [BASE_DIR / "static"]
+# Media (images and thumbnails): on local disk under MEDIA_ROOT, or in a private bucket of any
+# S3-compatible object store (AWS S3, MinIO, Ceph, Garage, R2, B2, ...) when STORAGE_BACKEND=s3
+# or AWS_STORAGE_BUCKET_NAME is set. Keys come from AWS_ACCESS_KEY_ID and
+# AWS_SECRET_ACCESS_KEY (or AWS_S3_ACCESS_KEY_ID and AWS_S3_SECRET_ACCESS_KEY), which
+# django-storages reads itself, else from boto3's own chain (an instance role, say). Any other
+# dotted path names a Django storage backend of your own.
 MEDIA_ROOT = Path(os.getenv("MEDIA_ROOT", BASE_DIR / "media"))
 MEDIA_URL = "media/"
+S3_STORAGE = "storages.backends.s3.S3Storage"
+AWS_STORAGE_BUCKET_NAME = os.getenv("AWS_STORAGE_BUCKET_NAME", "")
+STORAGE_BACKEND = os.getenv("STORAGE_BACKEND", "") or ("s3" if AWS_STORAGE_BUCKET_NAME else "")
+STORAGE_BACKEND = {"": "django.core.files.storage.FileSystemStorage", "s3": S3_STORAGE}.get(
+    STORAGE_BACKEND.strip().lower(), STORAGE_BACKEND
+)
+MEDIA_STORAGE = {"BACKEND": STORAGE_BACKEND}
+if STORAGE_BACKEND == S3_STORAGE:
+    if not AWS_STORAGE_BUCKET_NAME:
+        raise ValueError("STORAGE_BACKEND=s3 needs AWS_STORAGE_BUCKET_NAME")
+    MEDIA_STORAGE["OPTIONS"] = {
+        "bucket_name": AWS_STORAGE_BUCKET_NAME,
+        "endpoint_url": os.getenv("AWS_S3_ENDPOINT_URL") or None,
+        "region_name": os.getenv("AWS_S3_REGION_NAME") or None,
+        "addressing_style": os.getenv("AWS_S3_ADDRESSING_STYLE") or None,
+        "signature_version": "s3v4",
+        # Private: no ACL of our own (the bucket's, which must not be public), and every URL
+        # presigned. Images are answered with a redirect to such a URL after the app's own
+        # checks, so it must be short-lived: a revoked share link stops handing them out at
+        # once, but one already handed out works until it expires.
+        "default_acl": None,
+        "querystring_auth": True,
+        "querystring_expire": envint("AWS_QUERYSTRING_EXPIRE", 300),
+        # Names are random (gallery.models.image_upload_to), so no HEAD request per upload
+        # to look for a free one.
+        "file_overwrite": True,
+    }
 STORAGES = {
-    "default": {
-        "BACKEND": os.getenv("STORAGE_BACKEND", "django.core.files.storage.FileSystemStorage")
-    },
+    "default": MEDIA_STORAGE,
     "staticfiles": {
         "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
         if envbool("STATIC_MANIFEST", False)
@@ -316,6 +373,10 @@ STORAGES = {
     },
 }
 WHITENOISE_USE_FINDERS = True
+if STORAGE_BACKEND == S3_STORAGE:
+    # Images load from the object store's presigned URLs, so the CSP lets images come from there.
+    MEDIA_ORIGIN = s3_origin(MEDIA_STORAGE["OPTIONS"])
+    CONTENT_SECURITY_POLICY["DIRECTIVES"]["img-src"].append(MEDIA_ORIGIN)
 
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = envbool("SECURE_COOKIES", False)

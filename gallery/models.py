@@ -1088,7 +1088,10 @@ def _delete_files(names: list[str]) -> None:
     for name in names:
         try:
             default_storage.delete(name)
-        except OSError:
+        except Exception:
+            # The rows are gone already (this runs once they are committed): a file left
+            # behind is logged, not raised to the request. On disk that is an OSError, on S3
+            # one of botocore's errors.
             log.warning("Could not delete %s from storage", name, exc_info=True)
 
 

@@ -4,11 +4,15 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_not_required
 from django.db.models.fields.files import FieldFile
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.cache import patch_cache_control
-from django.utils.http import url_has_allowed_host_and_scheme, urlencode
+from django.utils.http import (
+    content_disposition_header,
+    url_has_allowed_host_and_scheme,
+    urlencode,
+)
 from django.utils.translation import ngettext
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import reswap, retarget
@@ -366,11 +370,51 @@ def share_image(request: HttpRequest, token: str) -> HttpResponse:
     link = _get_active_share_link(token)
     if link is None:
         return _share_gone(request)
-    response = _original_response(link.image, filename=link.file_name, download=False)
+    image = link.image
+    # The file name is the link's (no hidden prompt in it), for the object store too.
+    disposition = content_disposition_header(False, link.file_name)
+    response = _storage_redirect(
+        image.file, image.content_type, disposition, cache_control="public, no-cache"
+    )
+    if response is None:
+        response = _original_response(image, filename=link.file_name, download=False)
     return _public_headers(response)
 
 
 # Image files
+
+
+def _storage_redirect(
+    file: FieldFile, content_type: str, disposition: str | None, cache_control: str
+) -> HttpResponse | None:
+    """On S3, a redirect to a short-lived presigned URL of the file, so that its bytes go from
+    the object store to the browser without passing through Python; the store answers with
+    this type, disposition and caching. None on a storage without URLs of its own (local
+    disk), which the view answers itself.
+
+    Only call this after the same checks as for serving the file: anyone holding the URL may
+    fetch it until it expires (AWS_QUERYSTRING_EXPIRE)."""
+    if settings.STORAGES["default"]["BACKEND"] != settings.S3_STORAGE:
+        return None
+    overrides = {"ResponseContentType": content_type, "ResponseCacheControl": cache_control}
+    if disposition:
+        overrides["ResponseContentDisposition"] = disposition
+    response = HttpResponseRedirect(file.storage.url(file.name, parameters=overrides))
+    response["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+def _private_redirect(
+    file: FieldFile, content_type: str, disposition: str | None = None
+) -> HttpResponse | None:
+    """A redirect to the owner's file that their browser may keep while the URL it points
+    at is still valid (it is signed for AWS_QUERYSTRING_EXPIRE seconds), and the file there
+    for a day, as on local disk."""
+    response = _storage_redirect(file, content_type, disposition, "private, max-age=86400")
+    if response is not None:
+        expire = settings.STORAGES["default"]["OPTIONS"]["querystring_expire"]
+        patch_cache_control(response, private=True, max_age=expire // 2)
+    return response
 
 
 def _private(response: FileResponse) -> FileResponse:
@@ -391,24 +435,29 @@ def _original_response(image: Image, *, filename: str, download: bool) -> FileRe
     return response
 
 
-def _thumbnail_response(thumbnail: FieldFile) -> FileResponse:
+def _thumbnail_response(thumbnail: FieldFile) -> HttpResponse:
     if not thumbnail:
         raise Http404("This image has no thumbnail of that size yet.")
-    return _private(FileResponse(thumbnail.open("rb"), content_type="image/webp"))
+    redirect = _private_redirect(thumbnail, "image/webp")
+    return redirect or _private(FileResponse(thumbnail.open("rb"), content_type="image/webp"))
 
 
 @require_GET
-def image_file(request: HttpRequest, pk: int) -> FileResponse:
+def image_file(request: HttpRequest, pk: int) -> HttpResponse:
     image = _get_image_for_user(request, pk)
     download = "download" in request.GET
-    return _private(_original_response(image, filename=image.download_name, download=download))
+    disposition = content_disposition_header(download, image.download_name)
+    redirect = _private_redirect(image.file, image.content_type, disposition)
+    return redirect or _private(
+        _original_response(image, filename=image.download_name, download=download)
+    )
 
 
 @require_GET
-def image_thumbnail(request: HttpRequest, pk: int) -> FileResponse:
+def image_thumbnail(request: HttpRequest, pk: int) -> HttpResponse:
     return _thumbnail_response(_get_image_for_user(request, pk).thumbnail)
 
 
 @require_GET
-def image_thumbnail_large(request: HttpRequest, pk: int) -> FileResponse:
+def image_thumbnail_large(request: HttpRequest, pk: int) -> HttpResponse:
     return _thumbnail_response(_get_image_for_user(request, pk).thumbnail_large)

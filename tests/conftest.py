@@ -9,6 +9,7 @@ from simulator import DEFAULT_API_KEY, SimulatorConfig, SimulatorServer, start_i
 
 if TYPE_CHECKING:
     from tests.oidc import OIDCProvider
+    from tests.s3 import Bucket
 
 # Simulator fixtures: a fresh provider simulator on loopback for every test that asks for one.
 
@@ -42,6 +43,31 @@ def oidc_provider(tmp_path_factory) -> Iterator[OIDCProvider]:
 
     with provider_running(tmp_path_factory.mktemp("oidc_provider")) as provider:
         yield provider
+
+
+# Object storage: a real S3-compatible server (moto's server mode) on loopback, one per test
+# process, and a fresh private bucket for each test that asks for one.
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """The endpoint URL of an S3-compatible server on loopback; see tests/s3.py.
+
+    Skips where moto[server] is missing, and fails then with BANANA_REQUIRE_ALL=1.
+    """
+    from tests.s3 import server_running
+
+    with server_running() as endpoint_url:
+        yield endpoint_url
+
+
+@pytest.fixture
+def s3_bucket(s3_server, settings) -> Bucket:
+    """A new empty bucket on `s3_server`, with the app's media stored in it for this test, as
+    STORAGE_BACKEND=s3 stores them (and the CSP's img-src allowing its origin)."""
+    from tests.s3 import use_new_bucket
+
+    return use_new_bucket(s3_server, settings)
 
 
 # App-level fixtures: three users, and settings that point the app at the test's simulator.
