@@ -218,9 +218,12 @@ else:
     # request; several web processes must share REDIS_URL for rate limits to hold.
     SILENCED_SYSTEM_CHECKS = ["django_ratelimit.E003", "django_ratelimit.W001"]
 RATELIMIT_VIEW = "gallery.views.rate_limited"
-# Generations a user may ask for, to protect the account's credits from a runaway script
-# (django-ratelimit syntax). Sign-in, sign-up and password reset are limited by allauth below.
+# Images a user may ask for, and images asked for from one client address (several users behind
+# one office address share it), to protect the account's credits from a runaway script
+# (django-ratelimit syntax; empty: no limit). Four variations count four; re-runs and retries
+# count too. Sign-in, sign-up and password reset are limited by allauth below.
 RATELIMIT_GENERATE = os.getenv("RATELIMIT_GENERATE", "30/m")
+RATELIMIT_GENERATE_ADDRESS = os.getenv("RATELIMIT_GENERATE_ADDRESS", "60/m")
 
 # Only our own scripts, styles and images: htmx is served from here and needs no eval.
 CONTENT_SECURITY_POLICY = {
@@ -469,8 +472,13 @@ PRICE_PER_CREDIT = envdecimal("PRICE_PER_CREDIT")
 PRICE_CURRENCY = os.getenv("PRICE_CURRENCY", "").strip()
 if len(PRICE_CURRENCY) > 8:
     raise ValueError(f"PRICE_CURRENCY: {PRICE_CURRENCY!r} is longer than 8 characters")
-# Credits each user may spend a calendar month (0: no limit), shown on the usage page.
+# The limits of every user unless an admin sets others for them or their groups (ledger.models
+# Allowance), 0 meaning no limit: credits a calendar month (TIME_ZONE's, renewed on the 1st),
+# generations unfinished at once (queued, being sent, at the image service, saving), and images
+# a day.
 BUDGET_MONTHLY_CREDITS = envint("BUDGET_MONTHLY_CREDITS", 0)
+MAX_PENDING_PER_USER = envint("MAX_PENDING_PER_USER", 8)
+DAILY_GENERATIONS_PER_USER = envint("DAILY_GENERATIONS_PER_USER", 0)
 
 # Two workers are mostly taken by the submission and poll runners; the others download.
 Q_WORKERS = envint("Q_WORKERS", 4)

@@ -5,7 +5,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from gallery import tasks
-from gallery.models import Generation, Image, ProviderAccount
+from gallery.models import Generation, Image, LimitReached, ProviderAccount
 
 
 @admin.register(ProviderAccount)
@@ -85,6 +85,14 @@ class GenerationAdmin(admin.ModelAdmin):
 
     @admin.action(description="Retry the selected failed generations")
     def retry_failed(self, request: HttpRequest, queryset: QuerySet[Generation]) -> None:
-        retried = sum(generation.retry() for generation in queryset.finished())
+        # Each retry is a new task, charged to its owner: their limits apply as to their own.
+        retried, refused = 0, []
+        for generation in queryset.finished().select_related("owner"):
+            try:
+                retried += generation.retry()
+            except LimitReached as limit:
+                refused.append(f"#{generation.pk} ({generation.owner}): {limit.message}")
         tasks.wake_submission()
         self.message_user(request, f"{retried} generation(s) queued again.", messages.SUCCESS)
+        for refusal in refused:
+            self.message_user(request, f"Not retried: {refusal}", messages.WARNING)

@@ -7,7 +7,7 @@ from django import forms
 from django.utils import timezone
 
 from gallery import provider
-from gallery.models import Generation, GenerationQuerySet, Image, ShareLink
+from gallery.models import Generation, GenerationQuerySet, Image, ShareLink, reserve
 
 ASPECT_RATIO_LABELS = {
     "auto": "Auto (square)",
@@ -79,14 +79,16 @@ class GenerationForm(forms.ModelForm):
         model = Generation
         fields = ["prompt", "aspect_ratio", "resolution", "output_format"]
 
-    def save_for(self, owner) -> list[Generation]:
-        """Create `count` generations of the same prompt and settings for `owner`."""
+    def save_for(self, owner, *, address: str | None) -> list[Generation]:
+        """Create `count` generations of the same prompt and settings for `owner`, each
+        counted against their limits (LimitReached when they do not allow them all)."""
         settings = {name: self.cleaned_data[name] for name in self.Meta.fields}
+        count = self.cleaned_data["count"] or 1
         post = uuid.uuid4()
-        return [
-            Generation.objects.create(owner=owner, post=post, **settings)
-            for _ in range(self.cleaned_data["count"] or 1)
-        ]
+        with reserve(owner, settings["resolution"], count, address=address):
+            return [
+                Generation.objects.create(owner=owner, post=post, **settings) for _ in range(count)
+            ]
 
 
 class GalleryFilterForm(forms.Form):

@@ -8,22 +8,37 @@ import secrets
 import statistics
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from statistics import NormalDist
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import models, transaction
-from django.db.models import Count, F, Max, Q
+from django.db.models import Count, F, Max, Min, OuterRef, Q, Subquery, Sum
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.dateformat import format as date_format
 from django.utils.text import Truncator, slugify
+from django.utils.translation import ngettext
+from django_ratelimit.core import get_usage
 from PIL import Image as PILImage
 
 from gallery import provider
-from ledger.models import LedgerEntry
+from ledger.models import (
+    LedgerEntry,
+    Standing,
+    limit_expression,
+    month_range,
+    price,
+    price_expression,
+    spent_expression,
+    unsent_expression,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +55,23 @@ def plain_message(text: str, said: str = "") -> str:
     if not said:
         return text
     return f"{text} The image service said: “{said}”{'' if said[-1] in '.!?' else '.'}"
+
+
+def wait_words(seconds: int) -> str:
+    """About how long a wait is, in words: "about 40 seconds", "about 3 minutes"."""
+    if seconds < 60:
+        n = max(1, seconds)
+        return ngettext("about %(n)d second", "about %(n)d seconds", n) % {"n": n}
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return ngettext("about %(n)d minute", "about %(n)d minutes", minutes) % {"n": minutes}
+    hours = round(seconds / 3600)
+    return ngettext("about %(n)d hour", "about %(n)d hours", hours) % {"n": hours}
+
+
+def day_words(day: date) -> str:
+    """A day as the pages say it: "1 January"."""
+    return date_format(day, "j F")
 
 
 class ProviderAccount(models.Model):
@@ -288,6 +320,19 @@ class Lease(models.Model):
         return cls.objects.filter(name=name).values_list("expires_at", flat=True).first()
 
 
+def _spent_and_sending(owners: list[int], now: datetime) -> list[tuple[int, int]]:
+    """Each owner's credits accepted this month with the price of what is being sent now:
+    one aggregate query, so one snapshot (a task accepted meanwhile counts once)."""
+    first, after = month_range(timezone.localdate(now))
+    sending = unsent_expression(Sum(price_expression()), (Generation.Status.SUBMITTING,))
+    return list(
+        get_user_model()
+        .objects.filter(pk__in=owners)
+        .annotate(used=spent_expression(first, after) + sending)
+        .values_list("pk", "used")
+    )
+
+
 class GenerationQuerySet(models.QuerySet):
     def owned_by(self, user) -> GenerationQuerySet:
         return self.filter(owner=user)
@@ -296,8 +341,15 @@ class GenerationQuerySet(models.QuerySet):
         return self.filter(status=Generation.Status.QUEUED)
 
     def ready(self, now: datetime) -> GenerationQuerySet:
-        """Queued and not asked to wait (after a 500 or a timeout)."""
-        return self.queued().filter(Q(retry_at__isnull=True) | Q(retry_at__lte=now))
+        """Queued and not asked to wait (after a 500 or a timeout, or over the owner's
+        budget)."""
+        return self.queued().filter(
+            Q(retry_at__isnull=True) | Q(retry_at__lte=now), over_budget=False
+        )
+
+    def over_budget(self) -> GenerationQuerySet:
+        """Queued, and waiting until the owner's monthly budget can take them."""
+        return self.queued().filter(over_budget=True)
 
     def in_flight(self) -> GenerationQuerySet:
         """Generations that hold one of the provider's active-task slots."""
@@ -395,6 +447,7 @@ class GenerationQuerySet(models.QuerySet):
             if limit <= 0:
                 return []
             picked = Generation.objects.fair_share(now, limit)
+            picked = Generation.objects.fitting_budget(picked, now) if picked else []
             if not picked:
                 return []
             if account.is_paused:
@@ -408,6 +461,74 @@ class GenerationQuerySet(models.QuerySet):
             )
             claimed = Generation.objects.in_bulk(picked)
             return [(claimed[pk], at) for pk, at in zip(picked, send_times, strict=True)]
+
+    def fitting_budget(self, picked: list[int], now: datetime) -> list[int]:
+        """Those of `picked` (in the order they are to be sent) that their owners' monthly
+        budgets can take now: what they spent this month, with what is being sent, and these
+        at today's prices. The others are marked over budget and wait, unsent, until the
+        budget has room again (`release_fitting_holds`).
+
+        One query for the owners' budgets and, only when some have one, one aggregate query
+        for what they spent and are sending, and an UPDATE when some have to wait. Reserving
+        keeps every post within the budget, so this holds back only work that no longer fits:
+        an admin lowered the budget, or the price table went up, after the post.
+        """
+        rows = (
+            Generation.objects.filter(pk__in=picked)
+            .annotate(budget=limit_expression("monthly_credits", "owner"))
+            .values_list("pk", "owner", "resolution", "budget")
+        )
+        found = {pk: rest for pk, *rest in rows}
+        picked = [pk for pk in picked if pk in found]
+        left = {owner: budget for owner, _, budget in found.values() if budget}
+        if not left:  # 0: no monthly limit
+            return picked
+        for owner, used in _spent_and_sending(list(left), now):
+            left[owner] -= used
+        fits, held = [], []
+        for pk in picked:
+            owner, resolution, _ = found[pk]
+            cost = settings.PRICE_CREDITS[resolution]
+            if owner not in left:
+                fits.append(pk)
+            elif cost <= left[owner]:
+                left[owner] -= cost
+                fits.append(pk)
+            else:
+                held.append(pk)
+        if held:
+            Generation.objects.filter(pk__in=held).update(over_budget=True, updated_at=now)
+        return fits
+
+    def release_fitting_holds(self) -> int:
+        """Put generations waiting over their owner's budget back in line where that budget
+        now has room for the cheapest of them (it was raised, or the month renewed); the claim
+        checks each again. Owners still without room are left alone."""
+        held = Generation.objects.over_budget()
+        cheapest = (
+            held.filter(owner=OuterRef("pk"))
+            .order_by()
+            .values("owner")
+            .annotate(price=Min(price_expression()))
+            .values("price")
+        )
+        owners = (
+            get_user_model()
+            .objects.filter(pk__in=held.values("owner"))
+            .annotate(budget=limit_expression("monthly_credits"), cheapest=Subquery(cheapest))
+            .values_list("pk", "budget", "cheapest")
+        )
+        owners = {pk: (budget, cheapest) for pk, budget, cheapest in owners}
+        budgeted = [pk for pk, (budget, _) in owners.items() if budget]
+        used = dict(_spent_and_sending(budgeted, timezone.now())) if budgeted else {}
+        room = [
+            pk
+            for pk, (budget, cheapest_price) in owners.items()
+            if not budget or budget - used.get(pk, 0) >= cheapest_price
+        ]
+        if not room:
+            return 0
+        return held.filter(owner__in=room).update(over_budget=False, updated_at=timezone.now())
 
     def fair_share(self, now: datetime, limit: int) -> list[int]:
         waiting = set(Generation.objects.ready(now).values_list("owner", flat=True).distinct())
@@ -490,6 +611,7 @@ class Generation(models.Model):
     AT_PROVIDER = (Status.WAITING, Status.QUEUING, Status.GENERATING)
     IN_FLIGHT = (Status.SUBMITTING, *AT_PROVIDER)
     FINISHED = (Status.DONE, Status.FAILED)
+    PENDING = (Status.QUEUED, *IN_FLIGHT, Status.DOWNLOADING)
 
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="generations"
@@ -513,6 +635,9 @@ class Generation(models.Model):
     fail_code = models.CharField(max_length=20, blank=True)
     fail_message = models.TextField(blank=True)
     is_favorite = models.BooleanField(default=False)
+    # Queued, but its owner's monthly budget can no longer take it (an admin lowered it after
+    # the post): it is not sent until the budget has room again.
+    over_budget = models.BooleanField(default=False)
     # The form post (1-4 variations of one prompt) this generation came from: the gallery shows
     # a post's variations as one group. Empty for a generation made on its own (a re-run).
     post = models.UUIDField(null=True, blank=True, editable=False, db_index=True)
@@ -603,6 +728,8 @@ class Generation(models.Model):
     @property
     def status_text(self) -> str:
         """The state in words a user understands."""
+        if self.status == self.Status.QUEUED and self.over_budget:
+            return f"Waiting: over your monthly budget, which renews on {self.renews_words}"
         if self.status == self.Status.QUEUED and self.retry_at and self.retry_at > timezone.now():
             return "Queued, will retry shortly"
         return {
@@ -615,6 +742,18 @@ class Generation(models.Model):
             self.Status.DONE: "Done",
             self.Status.FAILED: "Failed",
         }[self.status]
+
+    @property
+    def renews_words(self) -> str:
+        return day_words(month_range(timezone.localdate())[1])
+
+    @property
+    def over_budget_text(self) -> str:
+        """Why it waits, when it is over budget: for its tile."""
+        return (
+            "Over your monthly budget: it will be sent when the budget renews on "
+            f"{self.renews_words}, or when it is raised."
+        )
 
     @property
     def elapsed(self) -> timedelta:
@@ -826,8 +965,22 @@ class Generation(models.Model):
         completed = self.provider_completed_at or self.updated_at
         return (now - completed).total_seconds() < settings.AIGPTIMAGE_RESULT_TTL
 
-    def retry(self) -> bool:
-        """Start a failed generation again as a new provider task (so a new request id).
+    def rerun(self, *, address: str | None = None) -> Generation:
+        """A new generation with the same prompt and settings, within the owner's limits
+        (LimitReached if they do not allow it)."""
+        with reserve(self.owner, self.resolution, 1, address=address, what="A re-run"):
+            return Generation.objects.create(
+                owner_id=self.owner_id,
+                prompt=self.prompt,
+                aspect_ratio=self.aspect_ratio,
+                resolution=self.resolution,
+                output_format=self.output_format,
+            )
+
+    def retry(self, *, address: str | None = None) -> bool:
+        """Start a failed generation again as a new provider task (so a new request id),
+        within the owner's limits (LimitReached if they do not allow it): a new task is
+        charged again.
 
         Images kept from the failed try (one of several results saved before the others
         expired) go, so that the new task's results are stored in full. One transaction: the
@@ -835,10 +988,11 @@ class Generation(models.Model):
         """
         if self.status != self.Status.FAILED:
             return False
-        with transaction.atomic():
+        with reserve(self.owner, self.resolution, 1, address=address, what="A retry"):
             restarted = self._transition(
                 (self.Status.FAILED,),
                 status=self.Status.QUEUED,
+                over_budget=False,
                 request_id=uuid.uuid4(),
                 task_id="",
                 provider_state="",
@@ -879,6 +1033,147 @@ class Generation(models.Model):
     def is_past_deadline(self, now: datetime) -> bool:
         started = self.submitted_at or self.queued_at
         return (now - started).total_seconds() > settings.AIGPTIMAGE_TASK_DEADLINE
+
+
+# Limits on making generations: every way of making one (a post, a re-run, a retry, and any
+# later entry point) goes through `reserve`.
+
+
+class LimitReached(Exception):
+    """Generations refused by a limit. `message` says which, what is left and when it renews
+    or when to go on; `in_form` says the same under the form, which keeps the prompt."""
+
+    def __init__(self, message: str, in_form: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.in_form = in_form or message
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """One of django-ratelimit's counters of images asked for: per user or per address."""
+
+    group: str
+    value: str
+    rate: str
+
+    def usage(self, increment: bool = False) -> dict | None:
+        # django-ratelimit counts by a key of the request; this one is the value itself, so
+        # the counter is the same however the generations are asked for.
+        return get_usage(
+            None,
+            group=self.group,
+            key=lambda group, request: self.value,
+            rate=self.rate,
+            increment=increment,
+        )
+
+
+def rate_limits(user, address: str | None) -> list[RateLimit]:
+    limits = [RateLimit("generate", str(user.pk), settings.RATELIMIT_GENERATE)]
+    if address:
+        limits.append(RateLimit("generate-address", address, settings.RATELIMIT_GENERATE_ADDRESS))
+    return [limit for limit in limits if limit.rate]
+
+
+@contextmanager
+def reserve(
+    user, resolution: str, count: int, *, address: str | None, what: str = "This post"
+) -> Iterator[None]:
+    """Let the block make `count` generations at `resolution` for `user` if every limit
+    allows them, or raise LimitReached with what is left and when it renews:
+
+    - the monthly budget: spent this month (the ledger), with the price of everything not yet
+      accepted and of these, at most the budget;
+    - the images of the day (tasks accepted today, with those not yet accepted, and these);
+    - the generations unfinished at once (queued, being sent, at the image service, saving);
+    - the rate limits, per user and per address (`address`: None for none), which count
+      images, so that four variations count four.
+
+    The checks and the block are one transaction, with the user's row locked first, so that
+    two tabs or two web processes posting at once take turns and the second sees what the
+    first made: they cannot overspend together. (SQLite serialises every write transaction
+    already: IMMEDIATE.) A refused request makes nothing and counts nothing.
+    """
+    cost = price(resolution).credits * count
+    limits = rate_limits(user, address)
+    with transaction.atomic():
+        users = get_user_model().objects.select_for_update(no_key=True).filter(pk=user.pk)
+        list(users.values_list("pk", flat=True))
+        check_allowance(Standing.of(user), count, cost, what)
+        check_rates(limits, count)
+        yield
+        for limit in limits:
+            for _ in range(count):
+                limit.usage(increment=True)
+
+
+def check_allowance(standing: Standing, count: int, cost: int, what: str) -> None:
+    allowance = standing.allowance
+    left = standing.credits_left
+    if left is not None and cost > left:
+        needs = ngettext("%(what)s needs %(n)s credit", "%(what)s needs %(n)s credits", cost)
+        have = f"you have {left:,} left" if left else "you have none left"
+        raise LimitReached(
+            f"{needs % {'what': what, 'n': f'{cost:,}'}} and {have} this month; your budget "
+            f"renews on {day_words(allowance.renews_on)}."
+        )
+    today = standing.images_left_today
+    if today is not None and count > today:
+        daily = allowance.daily_generations
+        if today:
+            text = (
+                f"{what} asks for {count} images and you have {today} left today (of {daily}); "
+                "ask for fewer, or make more tomorrow."
+            )
+        else:
+            text = ngettext(
+                "You have used today's %(n)d image; you can make more tomorrow.",
+                "You have used today's %(n)d images; you can make more tomorrow.",
+                daily,
+            ) % {"n": daily}
+        raise LimitReached(text)
+    room = standing.room
+    if room is not None and count > room:
+        on_way = ngettext(
+            "You have %(n)d image on its way",
+            "You have %(n)d images on their way",
+            standing.pending,
+        ) % {"n": standing.pending}
+        text = f"{on_way}, and you can have at most {allowance.max_pending} at once"
+        if room:
+            text += f": ask for {room} or fewer, or try again when some are done."
+        else:
+            text += "; try again when some are done."
+        raise LimitReached(text)
+
+
+def check_rates(limits: list[RateLimit], count: int) -> None:
+    for limit in limits:
+        usage = limit.usage()
+        if usage is None or usage["count"] + count <= usage["limit"]:
+            continue
+        if 0 < usage["limit"] < count:
+            raise LimitReached(
+                ngettext(
+                    "At most %(n)d image can be made in a short time; ask for fewer.",
+                    "At most %(n)d images can be made in a short time; ask for fewer.",
+                    usage["limit"],
+                )
+                % {"n": usage["limit"]}
+            )
+        # The count starts again when the limit's window ends (django-ratelimit's windows are
+        # fixed, so this is when the images can be asked for, not an estimate).
+        wait = wait_words(usage["time_left"])
+        room = max(0, usage["limit"] - usage["count"])
+        if room:
+            text = (
+                "That is a lot of images in a short time: you can ask for "
+                f"{room} more now, or for more in {wait}"
+            )
+        else:
+            text = f"That is a lot of images in a short time. You can generate again in {wait}"
+        raise LimitReached(f"{text}.", f"{text}; your prompt is still here.")
 
 
 # The poll schedule, learnt from render times.

@@ -217,6 +217,13 @@ def wake_submission() -> None:
     wake("submit")
 
 
+def release_over_budget() -> None:
+    """Limits were changed (in the admin): work held over its owner's budget that fits now
+    goes back in line and is sent."""
+    if Generation.objects.release_fitting_holds():
+        wake_submission()
+
+
 # Submission
 
 
@@ -688,6 +695,9 @@ def reconcile(wait_for_leases: bool = False) -> None:
         lease_until__isnull=True, retry_at__isnull=True, updated_at__lt=now - timedelta(minutes=1)
     ).update(retry_at=now)
     hand_over_downloads(now)
+    # Work held over its owner's budget goes back in line once the budget has room (the month
+    # renewed, or the budget was raised and the admin's wake-up was lost).
+    Generation.objects.release_fitting_holds()
     work = {"submit": has_submission_work(now), "poll": has_poll_work(now)}
     for kind, needed in work.items():
         if needed and not wake(kind) and wait_for_leases:

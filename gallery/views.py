@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from allauth.account.adapter import get_adapter
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_not_required
@@ -16,7 +17,6 @@ from django.utils.http import (
 from django.utils.translation import ngettext
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import reswap, retarget
-from django_ratelimit.core import get_usage
 
 from gallery import tasks
 from gallery.forms import (
@@ -25,7 +25,7 @@ from gallery.forms import (
     GenerationForm,
     ShareLinkForm,
 )
-from gallery.models import Generation, Image, ShareLink
+from gallery.models import Generation, Image, LimitReached, ShareLink, wait_words
 
 PAGE_SIZE = 24
 MAX_WATCHED = 100
@@ -104,16 +104,9 @@ def _remix_initial(request: HttpRequest) -> dict:
     return {name: getattr(generation, name) for name in ["prompt", *SETTINGS_FIELDS]}
 
 
-def wait_words(seconds: int) -> str:
-    """About how long a wait is, in words: "about 40 seconds", "about 3 minutes"."""
-    if seconds < 60:
-        n = max(1, seconds)
-        return ngettext("about %(n)d second", "about %(n)d seconds", n) % {"n": n}
-    minutes = round(seconds / 60)
-    if minutes < 60:
-        return ngettext("about %(n)d minute", "about %(n)d minutes", minutes) % {"n": minutes}
-    hours = round(seconds / 3600)
-    return ngettext("about %(n)d hour", "about %(n)d hours", hours) % {"n": hours}
+def _client_address(request: HttpRequest) -> str:
+    """The client's address as the sign-in limits count it (TRUSTED_PROXY_COUNT)."""
+    return get_adapter(request).get_client_ip(request)
 
 
 @require_GET
@@ -129,29 +122,18 @@ def index(request: HttpRequest) -> HttpResponse:
 @require_POST
 def create(request: HttpRequest) -> HttpResponse:
     form = GenerationForm(request.POST)
-    usage = get_usage(
-        request,
-        group="generate",
-        key="user",
-        rate=settings.RATELIMIT_GENERATE,
-        method="POST",
-        increment=True,
-    )
-    if usage and usage["should_limit"]:
-        # The count starts again when the limit's window ends (django-ratelimit's windows are
-        # fixed, so this is when the next post goes through, not an estimate).
-        form.add_error(
-            None,
-            "That is a lot of images in a short time. You can generate again in "
-            f"{wait_words(usage['time_left'])}; your prompt is still here.",
-        )
-    if not form.is_valid():
+    generations = []
+    if form.is_valid():
+        try:
+            generations = form.save_for(request.user, address=_client_address(request))
+        except LimitReached as refused:
+            form.add_error(None, refused.in_form)
+    if not generations:
         if request.htmx:
             response = render(request, "gallery/index.html#generate-form", {"form": form})
             return reswap(retarget(response, "#generate-form"), "outerHTML")
         # Without htmx the whole page comes back with the prompt and the messages in place.
         return render(request, "gallery/index.html", _gallery_context(request, form), status=400)
-    generations = form.save_for(request.user)
     tasks.wake_submission()
     if not request.htmx:
         return redirect("gallery:index")
@@ -182,11 +164,22 @@ def updates(request: HttpRequest) -> HttpResponse:
 @require_POST
 def retry(request: HttpRequest, pk: int) -> HttpResponse:
     generation = _get_generation_for_user(request, pk)
-    if generation.retry():
-        tasks.wake_submission()
+    refused = ""
+    try:
+        if generation.retry(address=_client_address(request)):
+            tasks.wake_submission()
+    except LimitReached as limit:
+        refused = limit.message
     if not request.htmx:
+        if refused:
+            messages.error(request, refused)
         return redirect(_next_url(request, reverse("gallery:index")))
-    context = {"generation": generation, "pending_ids": _pending_ids(request.user)}
+    # The card comes back, still failed with the reason it was not retried when refused.
+    context = {
+        "generation": generation,
+        "refused": refused,
+        "pending_ids": _pending_ids(request.user),
+    }
     return render(request, "gallery/index.html#retried", context)
 
 
@@ -194,11 +187,11 @@ def retry(request: HttpRequest, pk: int) -> HttpResponse:
 def rerun(request: HttpRequest, pk: int) -> HttpResponse:
     """A new generation with the same prompt and settings."""
     generation = _get_generation_for_user(request, pk)
-    copy = Generation.objects.create(
-        owner=request.user,
-        prompt=generation.prompt,
-        **{name: getattr(generation, name) for name in SETTINGS_FIELDS},
-    )
+    try:
+        copy = generation.rerun(address=_client_address(request))
+    except LimitReached as refused:
+        messages.error(request, refused.message)
+        return redirect(_next_url(request, generation.get_absolute_url()))
     tasks.wake_submission()
     messages.success(request, "Started again with the same prompt and settings.")
     return redirect(reverse("gallery:index") + f"#card-{copy.pk}")

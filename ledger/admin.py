@@ -1,11 +1,14 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.contrib.auth.admin import GroupAdmin, UserAdmin
+from django.contrib.auth.models import Group, User
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html
 
-from ledger.models import LedgerEntry
+from gallery import tasks
+from ledger.models import GroupLimits, LedgerEntry, UserLimits
 
 
 @admin.register(LedgerEntry)
@@ -58,3 +61,66 @@ class LedgerEntryAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: LedgerEntry | None = None) -> bool:
         return False
+
+
+# Limits: per user and per group, on their own lists and on each user's and group's page. Any
+# change may make room for work held over a budget, which then goes (gallery.tasks).
+
+
+class ReleasesHeldWork:
+    def save_related(self, request: HttpRequest, form, formsets, change: bool) -> None:
+        super().save_related(request, form, formsets, change)
+        tasks.release_over_budget()
+
+    def delete_model(self, request: HttpRequest, obj) -> None:
+        super().delete_model(request, obj)
+        tasks.release_over_budget()
+
+    def delete_queryset(self, request: HttpRequest, queryset) -> None:
+        super().delete_queryset(request, queryset)
+        tasks.release_over_budget()
+
+
+LIMIT_FIELDS = ["monthly_credits", "max_pending", "daily_generations"]
+
+
+@admin.register(UserLimits)
+class UserLimitsAdmin(ReleasesHeldWork, admin.ModelAdmin):
+    list_display = ["user", *LIMIT_FIELDS]
+    search_fields = ["user__username", "user__email"]
+    raw_id_fields = ["user"]
+    fields = ["user", *LIMIT_FIELDS]
+
+
+@admin.register(GroupLimits)
+class GroupLimitsAdmin(ReleasesHeldWork, admin.ModelAdmin):
+    list_display = ["group", *LIMIT_FIELDS]
+    search_fields = ["group__name"]
+    fields = ["group", *LIMIT_FIELDS]
+
+
+class UserLimitsInline(admin.StackedInline):
+    model = UserLimits
+    can_delete = True
+    fields = LIMIT_FIELDS
+    verbose_name_plural = "limits (this user's own: they win over the groups' and the defaults)"
+
+
+class GroupLimitsInline(admin.StackedInline):
+    model = GroupLimits
+    fields = LIMIT_FIELDS
+    verbose_name_plural = "limits of the members (each gets the most generous of their groups')"
+
+
+admin.site.unregister(User)
+admin.site.unregister(Group)
+
+
+@admin.register(User)
+class UserWithLimitsAdmin(ReleasesHeldWork, UserAdmin):
+    inlines = [*UserAdmin.inlines, UserLimitsInline]
+
+
+@admin.register(Group)
+class GroupWithLimitsAdmin(ReleasesHeldWork, GroupAdmin):
+    inlines = [*GroupAdmin.inlines, GroupLimitsInline]

@@ -23,9 +23,10 @@ from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, NamedTuple
 
+from django.apps import apps
 from django.conf import settings
 from django.db import models
-from django.db.models import Count, Max, Q, Sum
+from django.db.models import Case, Count, Max, OuterRef, Q, Subquery, Sum, Value, When
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
@@ -305,12 +306,139 @@ class LedgerEntry(models.Model):
         raise AppendOnlyError("Ledger entries are never deleted")
 
 
-# Budget API (minimal; the budgets branch replaces this)
+# Allowances: what each user may spend and ask for
+
+
+class Limits(models.Model):
+    """One user's or one group's own limits. An empty field is not set here and comes from
+    elsewhere (see `Allowance.for_user`); 0 is no limit, as in the settings."""
+
+    monthly_credits = models.PositiveIntegerField(
+        "monthly budget",
+        null=True,
+        blank=True,
+        help_text="Credits a calendar month. 0: no limit. Empty: not set here.",
+    )
+    max_pending = models.PositiveIntegerField(
+        "unfinished at once",
+        null=True,
+        blank=True,
+        help_text="Generations queued or in progress at once. 0: no limit. Empty: not set here.",
+    )
+    daily_generations = models.PositiveIntegerField(
+        "generations a day",
+        null=True,
+        blank=True,
+        help_text="Images a calendar day. 0: no limit. Empty: not set here.",
+    )
+
+    # Each limit and the setting that is its default for everyone.
+    DEFAULTS = {
+        "monthly_credits": "BUDGET_MONTHLY_CREDITS",
+        "max_pending": "MAX_PENDING_PER_USER",
+        "daily_generations": "DAILY_GENERATIONS_PER_USER",
+    }
+
+    class Meta:
+        abstract = True
+
+
+class UserLimits(Limits):
+    """A user's own limits: these win over their groups' and the defaults."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="limits"
+    )
+
+    class Meta:
+        verbose_name = "user's limits"
+        verbose_name_plural = "users' limits"
+
+    def __str__(self) -> str:
+        return f"Limits of {self.user}"
+
+
+class GroupLimits(Limits):
+    """The limits of a group's members: a member gets the most generous of their groups'."""
+
+    group = models.OneToOneField("auth.Group", on_delete=models.CASCADE, related_name="limits")
+
+    class Meta:
+        verbose_name = "group's limits"
+        verbose_name_plural = "groups' limits"
+
+    def __str__(self) -> str:
+        return f"Limits of {self.group}"
+
+
+def limit_expression(field: str, user: str = "pk") -> Coalesce:
+    """The limit `field` of the user whose id is at `OuterRef(user)`, in SQL: their own, else
+    the most generous of their groups' (0, no limit, is the most generous of all), else the
+    setting's default. 0 means no limit."""
+    own = UserLimits.objects.filter(user=OuterRef(user)).values(field)[:1]
+    generous_first = Case(When(**{field: 0}, then=Value(0)), default=Value(1))
+    groups = (
+        GroupLimits.objects.filter(group__user=OuterRef(user), **{f"{field}__isnull": False})
+        .order_by(generous_first, f"-{field}")
+        .values(field)[:1]
+    )
+    default = getattr(settings, Limits.DEFAULTS[field])
+    return Coalesce(
+        Subquery(own), Subquery(groups), Value(default), output_field=models.IntegerField()
+    )
+
+
+def price_expression() -> Case:
+    """A generation's price in credits from today's price table, in SQL."""
+    return Case(
+        *(When(resolution=r, then=Value(c)) for r, c in settings.PRICE_CREDITS.items()),
+        default=Value(0),
+        output_field=models.IntegerField(),
+    )
+
+
+def _sum(rows: models.QuerySet, group_by: str, total) -> Coalesce:
+    """`total` summed over `rows` (all of one user, `group_by` naming them) as a subquery."""
+    summed = rows.order_by().values(group_by).annotate(total=total).values("total")
+    return Coalesce(Subquery(summed), Value(0), output_field=models.IntegerField())
+
+
+def spent_expression(start: date, end: date, user: str = "pk") -> Coalesce:
+    """Credits of the ledger's entries of the user at `OuterRef(user)` accepted from `start`
+    up to `end`, in SQL."""
+    rows = LedgerEntry.objects.filter(user=OuterRef(user)).between(start, end)
+    return _sum(rows, "user", Sum("credits"))
+
+
+def accepted_expression(start: date, end: date, user: str = "pk") -> Coalesce:
+    """How many tasks of the user at `OuterRef(user)` were accepted from `start` up to `end`."""
+    rows = LedgerEntry.objects.filter(user=OuterRef(user)).between(start, end)
+    return _sum(rows, "user", Count("id"))
+
+
+def _generations():
+    # gallery.models imports this module, so its model is looked up when needed.
+    return apps.get_model("gallery", "Generation")
+
+
+def unsent_expression(total, statuses: tuple[str, ...] | None = None, user: str = "pk"):
+    """`total` (Count or Sum) over the generations of the user at `OuterRef(user)` that the
+    image service has not accepted yet: queued or being sent, or those of `statuses`."""
+    Generation = _generations()
+    statuses = statuses or (Generation.Status.QUEUED, Generation.Status.SUBMITTING)
+    return _sum(
+        Generation.objects.filter(owner=OuterRef(user), status__in=statuses), "owner", total
+    )
+
+
+def _no_limit_is_none(value: int) -> int | None:
+    return value or None
 
 
 @dataclass(frozen=True)
 class Allowance:
-    """What a user may spend: None means no limit."""
+    """What a user may spend and ask for; None is no limit. A month is the calendar month in
+    TIME_ZONE, and the budget renews on the first of the next."""
 
     monthly_credits: int | None
     max_pending: int | None
@@ -319,10 +447,72 @@ class Allowance:
 
     @classmethod
     def for_user(cls, user) -> Allowance:
-        """Everyone's allowance is BUDGET_MONTHLY_CREDITS a month (0: unlimited), renewed on
-        the first of the next month in the current time zone; there are no caps."""
-        monthly = settings.BUDGET_MONTHLY_CREDITS or None
-        return cls(monthly, None, None, month_range(timezone.localdate())[1])
+        """Each limit is the user's own (set by an admin), else the most generous of their
+        groups', else the default for everyone (BUDGET_MONTHLY_CREDITS, MAX_PENDING_PER_USER,
+        DAILY_GENERATIONS_PER_USER). One query."""
+        limits = _annotated(user, **_limit_annotations())
+        return cls._from(limits)
+
+    @classmethod
+    def _from(cls, row: dict) -> Allowance:
+        return cls(
+            *(_no_limit_is_none(row[field]) for field in Limits.DEFAULTS),
+            renews_on=month_range(timezone.localdate())[1],
+        )
+
+
+def _limit_annotations() -> dict:
+    return {field: limit_expression(field) for field in Limits.DEFAULTS}
+
+
+def _annotated(user, **annotations) -> dict:
+    User = apps.get_model(settings.AUTH_USER_MODEL)
+    return User.objects.filter(pk=user.pk).annotate(**annotations).values(*annotations).get()
+
+
+@dataclass(frozen=True)
+class Standing:
+    """Where a user stands against their allowance now, read in one query (so one snapshot:
+    a generation being accepted meanwhile is counted once, as reserved or as spent)."""
+
+    allowance: Allowance
+    spent: int  # credits accepted this month (the ledger)
+    reserved: int  # the price of their generations not accepted yet
+    unsent: int  # how many those are
+    pending: int  # generations not finished
+    today: int  # tasks accepted today
+
+    @classmethod
+    def of(cls, user) -> Standing:
+        Generation = _generations()
+        today = timezone.localdate()
+        row = _annotated(
+            user,
+            **_limit_annotations(),
+            spent=spent_expression(*month_range(today)),
+            reserved=unsent_expression(Sum(price_expression())),
+            unsent=unsent_expression(Count("id")),
+            pending=unsent_expression(Count("id"), statuses=Generation.PENDING),
+            today=accepted_expression(today, today + timedelta(days=1)),
+        )
+        fields = ("spent", "reserved", "unsent", "pending", "today")
+        return cls(Allowance._from(row), *(row[field] for field in fields))
+
+    @property
+    def credits_left(self) -> int | None:
+        monthly = self.allowance.monthly_credits
+        return None if monthly is None else max(0, monthly - self.spent - self.reserved)
+
+    @property
+    def images_left_today(self) -> int | None:
+        daily = self.allowance.daily_generations
+        return None if daily is None else max(0, daily - self.today - self.unsent)
+
+    @property
+    def room(self) -> int | None:
+        """How many more generations may be unfinished at once."""
+        cap = self.allowance.max_pending
+        return None if cap is None else max(0, cap - self.pending)
 
 
 def spent_this_month(user) -> int:
@@ -331,13 +521,11 @@ def spent_this_month(user) -> int:
 
 
 def reserved(user) -> int:
-    """Credits held for `user`'s work that is not accepted yet: none, until budgets reserve."""
-    return 0
+    """Credits held for `user`'s generations that the image service has not accepted yet
+    (queued or being sent), at today's prices: they are charged once accepted."""
+    return _annotated(user, reserved=unsent_expression(Sum(price_expression())))["reserved"]
 
 
 def credits_left(user) -> int | None:
     """What `user` may still spend this month; None without a monthly budget."""
-    monthly = Allowance.for_user(user).monthly_credits
-    if monthly is None:
-        return None
-    return max(0, monthly - spent_this_month(user) - reserved(user))
+    return Standing.of(user).credits_left

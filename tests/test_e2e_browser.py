@@ -230,6 +230,50 @@ def test_it_shares_an_image_and_revokes_the_link(stack, browser):
         context.close()
 
 
+def test_it_refuses_a_post_over_the_budget_and_sends_nothing(stack, browser):
+    import time
+
+    import requests
+
+    context = browser.new_context()
+    page = context.new_page()
+    sign_up(page, stack, "olive")
+    stack.shell(
+        "from django.contrib.auth.models import User; from ledger.models import UserLimits; "
+        "UserLimits.objects.create(user=User.objects.get(username='olive'), monthly_credits=1)"
+    )
+    page.fill("#id_prompt", "a single paper crane")
+    page.click("button.button--generate")
+    page.locator("article.tile img").wait_for(timeout=30_000)  # the budget's one credit
+
+    # Once nothing is left to send anywhere on the stack, count what reached the simulator.
+    def last_line(code: str) -> str:
+        return stack.shell(code).strip().splitlines()[-1]  # after the shell's own words
+
+    pending = "from gallery.models import Generation; print(Generation.objects.pending().count())"
+    deadline = time.monotonic() + 30
+    while last_line(pending) != "0":
+        assert time.monotonic() < deadline, "the stack's earlier work did not finish"
+        time.sleep(0.5)
+    status = stack.simulator_url + "/_simulator/status"
+    calls = requests.get(status, timeout=5).json()["createTask"]["calls"]
+
+    page.fill("#id_prompt", "a second paper crane")
+    page.click("button.button--generate")
+    error = page.locator("#generate-form .errors")
+    error.wait_for()
+    assert error.inner_text().startswith(
+        "This post needs 1 credit and you have none left this month; your budget renews on "
+    )
+    assert page.input_value("#id_prompt") == "a second paper crane"  # nothing lost
+    assert page.locator("article.tile").count() == 1
+    mine = "from gallery.models import Generation; "
+    mine += "print(Generation.objects.filter(owner__username='olive').count())"
+    assert last_line(mine) == "1"  # nothing queued, so nothing can be sent
+    assert requests.get(status, timeout=5).json()["createTask"]["calls"] == calls
+    context.close()
+
+
 # The image-first gallery: every page whole, undistorted, accessible, in both themes and sizes.
 
 AXE = ROOT / "tests" / "vendor" / "axe-core" / "axe.min.js"
