@@ -10,7 +10,6 @@ import os
 import re
 import subprocess
 import sys
-import uuid
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
 
@@ -36,7 +35,13 @@ from ledger.models import (
 )
 from simulator import DEFAULT_API_KEY, SimulatorConfig, start_in_thread
 from tests.factories import done_generation, make_entry, make_generation
-from tests.support import TEST_SETTINGS, finished, require, run_queued_tasks
+from tests.support import (
+    TEST_SETTINGS,
+    finished,
+    fresh_postgres_database,
+    require,
+    run_queued_tasks,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_URL = os.getenv("BUDGETS_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
@@ -462,16 +467,8 @@ def postgres_database():
     """A fresh PostgreSQL database for one test, dropped after it (skipped without one, and
     a failure then with BANANA_REQUIRE_ALL=1)."""
     require(*_postgres_reachable())
-    import psycopg
-
-    name = f"banana_budgets_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield PG_URL.rsplit("/", 1)[0] + "/" + name
-    finally:
-        with psycopg.connect(PG_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_postgres_database(PG_URL, "banana_budgets") as url:
+        yield url
 
 
 def test_it_never_reserves_more_than_the_budget_for_20_posts_at_once_on_postgresql(

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import pytest
 
 from simulator import DEFAULT_API_KEY, SimulatorConfig, start_in_thread
 from simulator.config import Tier
-from tests.support import TEST_SETTINGS, require, running
+from tests.support import TEST_SETTINGS, fresh_postgres_database, require, running
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_URL = os.getenv("SCALEOUT_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
@@ -57,16 +56,8 @@ def _reachable() -> tuple[bool, str]:
 def scaleout_database():
     ok, reason = _reachable()
     require(ok, reason)
-    import psycopg
-
-    name = f"banana_scaleout_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield PG_URL.rsplit("/", 1)[0] + "/" + name
-    finally:
-        with psycopg.connect(PG_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_postgres_database(PG_URL, "banana_scaleout") as url:
+        yield url
 
 
 def test_it_shares_the_slots_across_two_worker_clusters(scaleout_database, tmp_path):
