@@ -5,7 +5,14 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_not_required
 from django.db.models.fields.files import FieldFile
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import (
+    FileResponse,
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseRedirect,
+    StreamingHttpResponse,
+)
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.cache import patch_cache_control
@@ -18,6 +25,7 @@ from django.utils.translation import ngettext
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import reswap, retarget
 
+from accounts.models import Preferences
 from gallery import tasks
 from gallery.forms import (
     BulkActionForm,
@@ -26,6 +34,7 @@ from gallery.forms import (
     ShareLinkForm,
 )
 from gallery.models import Generation, Image, LimitReached, ShareLink, wait_words
+from gallery.provenance import Provenance
 
 PAGE_SIZE = 24
 MAX_WATCHED = 100
@@ -364,6 +373,10 @@ def share_image(request: HttpRequest, token: str) -> HttpResponse:
     if link is None:
         return _share_gone(request)
     image = link.image
+    if link.show_prompt and Preferences.file_provenance_of(image.generation.owner_id):
+        # Shown on the page, so in the file too (without the task id, which is ours).
+        response = _streamed(image, image.provenance(public=True), link.file_name, download=False)
+        return _public_headers(response)
     # The file name is the link's (no hidden prompt in it), for the object store too.
     disposition = content_disposition_header(False, link.file_name)
     response = _storage_redirect(
@@ -410,7 +423,7 @@ def _private_redirect(
     return response
 
 
-def _private(response: FileResponse) -> FileResponse:
+def _private(response: StreamingHttpResponse) -> StreamingHttpResponse:
     response["X-Content-Type-Options"] = "nosniff"
     # A shared cache must never hand one user's image to another.
     patch_cache_control(response, private=True, max_age=86400)
@@ -428,6 +441,19 @@ def _original_response(image: Image, *, filename: str, download: bool) -> FileRe
     return response
 
 
+def _streamed(
+    image: Image, about: Provenance, filename: str, *, download: bool
+) -> StreamingHttpResponse:
+    """The original with its provenance written in, streamed through this process from local
+    disk or the bucket alike: a presigned URL could only hand out the bytes as stored."""
+    stream = image.download(about)
+    response = StreamingHttpResponse(stream.chunks, content_type=image.content_type)
+    response["Content-Length"] = str(stream.size)
+    response["Content-Disposition"] = content_disposition_header(download, filename)
+    response["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
 def _thumbnail_response(thumbnail: FieldFile) -> HttpResponse:
     if not thumbnail:
         raise Http404("This image has no thumbnail of that size yet.")
@@ -439,6 +465,11 @@ def _thumbnail_response(thumbnail: FieldFile) -> HttpResponse:
 def image_file(request: HttpRequest, pk: int) -> HttpResponse:
     image = _get_image_for_user(request, pk)
     download = "download" in request.GET
+    if download and Preferences.file_provenance_of(request.user.pk):
+        response = _streamed(image, image.provenance(), image.download_name, download=True)
+        # Not kept: the next download follows the owner's preference as it is then.
+        patch_cache_control(response, private=True, no_cache=True)
+        return response
     disposition = content_disposition_header(download, image.download_name)
     redirect = _private_redirect(image.file, image.content_type, disposition)
     return redirect or _private(

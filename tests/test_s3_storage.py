@@ -3,7 +3,8 @@
 The whole image path with STORAGE_BACKEND=s3: the pipeline's download stores the original and
 its thumbnails in the bucket; the owner's image and thumbnails, and a share link's image for a
 stranger, are redirects to short-lived presigned URLs that the bucket answers with the right
-bytes, type and file name; another user gets 404; a revoked link hands out no more URLs;
+bytes, type and file name, except a download with provenance written in, which streams
+from the bucket through Django; another user gets 404; a revoked link hands out no more URLs;
 deleting removes the objects; `rebuild_thumbnails` works there. Finished generations come from
 tests/factories.py (written to the bucket as the pipeline writes them) except in the pipeline
 test.
@@ -11,6 +12,7 @@ test.
 
 from __future__ import annotations
 
+import hashlib
 import io
 from urllib.parse import urlsplit
 
@@ -20,6 +22,7 @@ from django.core.management import call_command
 from django.urls import reverse
 from PIL import Image as PILImage
 
+from accounts.models import Preferences
 from gallery import tasks
 from gallery.models import Generation, Image, ShareLink
 from tests.factories import done_generation
@@ -109,6 +112,8 @@ def test_it_redirects_the_owner_to_presigned_urls(client, alice, image, s3_bucke
     assert answer.headers["Content-Disposition"] == f'inline; filename="{image.download_name}"'
     assert answer.headers["Cache-Control"] == "private, max-age=86400"
 
+    # A download with nothing written into it is the stored object too.
+    Preferences.objects.create(user=alice, file_provenance=False)
     response = client.get(reverse("gallery:image", args=[image.pk]) + "?download")
     answer = followed(response, s3_bucket)
     disposition = f'attachment; filename="{image.download_name}"'
@@ -129,6 +134,30 @@ def test_it_redirects_the_owner_to_presigned_urls(client, alice, image, s3_bucke
     origin = "{0.scheme}://{0.netloc}".format(urlsplit(s3_bucket.endpoint_url))
     assert f"img-src 'self' data: {origin};" in policy
     assert s3_bucket.origin == origin
+
+
+def test_it_streams_a_download_with_provenance_from_the_bucket(client, alice, image, s3_bucket):
+    """Provenance is written on the way out, so such a download comes through Django from
+    the bucket (a presigned URL hands out the object as stored); the object stays as it was."""
+    stored = s3_bucket.read(image.file.name)
+    client.force_login(alice)
+    response = client.get(reverse("gallery:image", args=[image.pk]) + "?download")
+    assert response.status_code == 200
+    assert response["Content-Disposition"] == f'attachment; filename="{image.download_name}"'
+    data = b"".join(response.streaming_content)
+    assert int(response["Content-Length"]) == len(data)
+    with PILImage.open(io.BytesIO(data)) as picture:
+        assert picture.text["Description"] == PROMPT
+    assert s3_bucket.read(image.file.name) == stored
+    assert hashlib.sha256(stored).hexdigest() == image.sha256
+
+    client.post(reverse("gallery:share_create", args=[image.pk]), {"show_prompt": "on"})
+    link = ShareLink.objects.get()
+    client.logout()
+    response = client.get(f"/s/{link.token}/image")
+    assert response.status_code == 200
+    with PILImage.open(io.BytesIO(b"".join(response.streaming_content))) as picture:
+        assert picture.text["Description"] == PROMPT
 
 
 def test_it_checks_ownership(client, bob, image):
