@@ -15,6 +15,7 @@ from django.http import (
 )
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.cache import patch_cache_control
 from django.utils.http import (
     content_disposition_header,
@@ -26,14 +27,14 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django_htmx.http import reswap, retarget
 
 from accounts.models import Preferences
-from gallery import tasks
+from gallery import export, tasks
 from gallery.forms import (
     BulkActionForm,
     GalleryFilterForm,
     GenerationForm,
     ShareLinkForm,
 )
-from gallery.models import Generation, Image, LimitReached, ShareLink, wait_words
+from gallery.models import Generation, Image, ImageQuerySet, LimitReached, ShareLink, wait_words
 from gallery.provenance import Provenance
 
 PAGE_SIZE = 24
@@ -256,6 +257,11 @@ def bulk(request: HttpRequest) -> HttpResponse:
         return redirect("gallery:index")
     selected = form.selected()
     action = form.cleaned_data["action"]
+    if action == "export":
+        images = Image.objects.owned_by(request.user).filter(generation__in=selected)
+        name = f"banana-gallery-selection-{timezone.localdate().isoformat()}.zip"
+        empty = "None of the selected images is finished yet: there is nothing to download."
+        return _export(request, images, name, empty, _next_url(request, reverse("gallery:index")))
     if action == "delete":
         if not form.cleaned_data["confirm"]:
             context = {
@@ -284,6 +290,29 @@ def bulk(request: HttpRequest) -> HttpResponse:
         messages.success(request, text % {"n": updated})
     # Back to the gallery as it was: the same filter and search.
     return redirect(_next_url(request, reverse("gallery:index")))
+
+
+def _export(
+    request: HttpRequest, images: ImageQuerySet, filename: str, empty: str, back: str
+) -> HttpResponse:
+    if not images.exists():
+        messages.info(request, empty)
+        return redirect(back)
+    provenance = Preferences.file_provenance_of(request.user.pk)
+    try:
+        return export.zip_response(request.user, images, filename=filename, provenance=provenance)
+    except export.ExportRunning as running:
+        messages.error(request, running.message)
+        return redirect(back)
+
+
+@require_GET
+def export_all(request: HttpRequest) -> HttpResponse:
+    """Every image of the user's gallery in one zip, with its manifest.json."""
+    name = f"banana-gallery-{timezone.localdate().isoformat()}.zip"
+    empty = "Your gallery has no finished images yet: there is nothing to download."
+    images = Image.objects.owned_by(request.user)
+    return _export(request, images, name, empty, reverse("accounts:account"))
 
 
 # Sharing

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+import zipfile
 from urllib.parse import urlsplit
 
 import pytest
@@ -245,3 +247,18 @@ def test_it_rebuilds_thumbnails_in_the_bucket(
     assert not {image.thumbnail.name, image.thumbnail_large.name} & keys  # the old ones went
     with PILImage.open(io.BytesIO(s3_bucket.read(rebuilt.thumbnail_large.name))) as thumb:
         assert thumb.size == (384, 216)  # the original's size: never upscaled
+
+
+def test_it_exports_a_zip_from_the_bucket(client, alice, image, s3_bucket):
+    jpeg = done_generation(alice, "an owl", output_format="jpg").images.get()
+    client.force_login(alice)
+    response = client.get(reverse("gallery:export"))
+    assert response.status_code == 200
+    archive = zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content)))
+    entries = json.loads(archive.read("manifest.json"))["images"]
+    assert sorted(entry["image_id"] for entry in entries) == sorted([image.pk, jpeg.pk])
+    for entry in entries:
+        data = archive.read(entry["file"])
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"]
+        stored = s3_bucket.read(Image.objects.get(pk=entry["image_id"]).file.name)
+        assert hashlib.sha256(stored).hexdigest() == entry["original_sha256"]
