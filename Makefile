@@ -43,6 +43,7 @@ bench: install
 	$(PY) benchmarks/soak.py
 	$(PY) benchmarks/bench_gallery.py
 	$(PY) benchmarks/bench_thumbnails.py
+	$(PY) benchmarks/bench_export.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache staticfiles

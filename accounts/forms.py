@@ -6,7 +6,7 @@ from allauth.account import forms as allauth_forms
 from django import forms
 from django.utils import timezone
 
-from accounts.models import Invite, Registration
+from accounts.models import Invite, Preferences, Registration
 
 INVITE_EXPIRY_CHOICES = [
     ("", "Never"),
@@ -66,3 +66,9 @@ class InviteForm(forms.Form):
 
 class DecisionForm(forms.Form):
     decision = forms.ChoiceField(choices=[("approved", "Approve"), ("refused", "Refuse")])
+
+
+class PreferencesForm(forms.ModelForm):
+    class Meta:
+        model = Preferences
+        fields = ["file_provenance"]

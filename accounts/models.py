@@ -185,3 +185,34 @@ class Approval(models.Model):
             return False
         self.status, self.decided_at, self.decided_by = status, now, by
         return True
+
+
+class Preferences(models.Model):
+    """A user's choices about their own files. Users without a row have the defaults."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="preferences"
+    )
+    file_provenance = models.BooleanField(
+        "Put the prompt and settings into downloaded files",
+        default=True,
+        help_text="Downloads and exports carry the prompt, settings, task id and date inside "
+        "the file (PNG text, JPEG EXIF). Share links carry them only when they show the prompt.",
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "preferences"
+
+    def __str__(self) -> str:
+        return f"Preferences of {self.user}"
+
+    @classmethod
+    def of(cls, user) -> Preferences:
+        """The user's preferences, unsaved defaults when they never changed any."""
+        return cls.objects.filter(user=user).first() or cls(user=user)
+
+    @classmethod
+    def file_provenance_of(cls, user_id: int) -> bool:
+        chosen = cls.objects.filter(user_id=user_id).values_list("file_provenance", flat=True)
+        return next(iter(chosen), True)

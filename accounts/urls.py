@@ -8,6 +8,7 @@ app_name = "accounts"
 
 urlpatterns = [
     path("accounts/", views.account, name="account"),
+    path("accounts/preferences/", views.preferences, name="preferences"),
     path("accounts/waiting/", views.waiting, name="waiting"),
     path("accounts/refused/", views.refused, name="refused"),
     path("invite/<str:token>/", views.invite, name="invite"),

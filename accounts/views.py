@@ -17,8 +17,8 @@ from django.utils.http import urlencode
 from django.views.decorators.http import require_GET, require_POST
 
 from accounts.adapter import INVITE_SESSION_KEY, retry_after, signup_refused
-from accounts.forms import DecisionForm, InviteForm, RegistrationForm
-from accounts.models import Approval, Invite, Registration
+from accounts.forms import DecisionForm, InviteForm, PreferencesForm, RegistrationForm
+from accounts.models import Approval, Invite, Preferences, Registration
 from gallery.views import wait_words
 
 # The allauth views that limit requests per address or user, by URL name, with the action
@@ -87,8 +87,21 @@ def account(request: HttpRequest) -> HttpResponse:
         "recovery_left": len(recovery.wrap().get_unused_codes()) if recovery else None,
         "sso_enabled": bool(settings.OIDC_SERVER_URL),
         "sso_accounts": SocialAccount.objects.filter(user=user),
+        "preferences_form": PreferencesForm(instance=Preferences.of(user)),
     }
     return render(request, "accounts/account.html", context)
+
+
+@require_POST
+def preferences(request: HttpRequest) -> HttpResponse:
+    # A checkbox left unticked is absent from the POST: the form reads that as off.
+    form = PreferencesForm(request.POST, instance=Preferences.of(request.user))
+    form.save()
+    if form.instance.file_provenance:
+        messages.success(request, "Saved: downloads carry the prompt and settings.")
+    else:
+        messages.success(request, "Saved: downloads are the original files, with nothing added.")
+    return redirect(reverse("accounts:account") + "#files")
 
 
 @login_not_required

@@ -167,7 +167,12 @@ class ShareLinkForm(forms.Form):
 
 
 class BulkActionForm(forms.Form):
-    ACTIONS = [("favorite", "Favourite"), ("unfavorite", "Unfavourite"), ("delete", "Delete")]
+    ACTIONS = [
+        ("favorite", "Favourite"),
+        ("unfavorite", "Unfavourite"),
+        ("export", "Download zip"),
+        ("delete", "Delete"),
+    ]
 
     action = forms.ChoiceField(choices=ACTIONS, error_messages={"required": "Choose an action."})
     ids = forms.TypedMultipleChoiceField(

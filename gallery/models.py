@@ -29,6 +29,7 @@ from django_ratelimit.core import get_usage
 from PIL import Image as PILImage
 
 from gallery import provider
+from gallery.provenance import Download, Provenance, UnknownLayout, untouched, with_provenance
 from ledger.models import (
     LedgerEntry,
     Standing,
@@ -1395,6 +1396,9 @@ def backoff(attempt: int, base: float, cap: float = 60.0) -> float:
     return random.uniform(0.5, 1.0) * min(cap, base * 2 ** max(0, attempt - 1))
 
 
+PROVENANCE_APP = "Banana Gallery"
+
+
 def image_upload_to(image: Image, filename: str) -> str:
     return f"images/{image.generation.owner_id}/{uuid.uuid4().hex}{_suffix(filename)}"
 
@@ -1490,6 +1494,40 @@ class Image(models.Model):
         if not self.thumbnail_large:
             return f"{self.thumbnail_url} 1x"
         return f"{self.thumbnail_url} 1x, {self.thumbnail_large_url} 2x"
+
+    def provenance(self, *, public: bool = False) -> Provenance:
+        """What a download of this image says about where it came from: all of it for its
+        owner; without the task id (a reference to our account at the image service) for a
+        share link, which only asks once the owner chose to show the prompt."""
+        generation = self.generation
+        return Provenance(
+            app=PROVENANCE_APP,
+            created_at=self.created_at,
+            prompt=generation.prompt,
+            settings={
+                "Model": provider.MODEL,
+                "Aspect ratio": generation.aspect_ratio,
+                "Resolution": generation.resolution,
+                "Format": self.format,
+                "Size": f"{self.width}x{self.height}",
+            },
+            task_id="" if public else generation.task_id,
+        )
+
+    def download(self, about: Provenance | None) -> Download:
+        """The stored original as a stream, with `about` written into it unless None. The
+        original in storage is never changed."""
+        fp = self.file.open("rb")
+        if about is None:
+            return untouched(fp, self.bytes)
+        try:
+            return with_provenance(fp, self.format, self.bytes, about)
+        except UnknownLayout:
+            # The pipeline checked the file when it stored it, so this is a file changed in
+            # storage since: it is served as it is rather than not at all.
+            log.warning("Image %s: %s is not a %s file", self.pk, self.file.name, self.format)
+            fp.close()
+            return untouched(self.file.open("rb"), self.bytes)
 
     def make_thumbnails(self, picture: PILImage.Image) -> None:
         """Store both thumbnails of `picture` (this image, decoded) in storage, unsaved."""

@@ -11,6 +11,7 @@ urlpatterns = [
     path("generations/new/", views.create, name="create"),
     path("generations/updates/", views.updates, name="updates"),
     path("generations/bulk/", views.bulk, name="bulk"),
+    path("export/", views.export_all, name="export"),
     path("generations/<int:pk>/", views.detail, name="detail"),
     path("generations/<int:pk>/retry/", views.retry, name="retry"),
     path("generations/<int:pk>/rerun/", views.rerun, name="rerun"),

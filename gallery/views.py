@@ -5,9 +5,17 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_not_required
 from django.db.models.fields.files import FieldFile
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import (
+    FileResponse,
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseRedirect,
+    StreamingHttpResponse,
+)
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.cache import patch_cache_control
 from django.utils.http import (
     content_disposition_header,
@@ -18,14 +26,16 @@ from django.utils.translation import ngettext
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import reswap, retarget
 
-from gallery import tasks
+from accounts.models import Preferences
+from gallery import export, tasks
 from gallery.forms import (
     BulkActionForm,
     GalleryFilterForm,
     GenerationForm,
     ShareLinkForm,
 )
-from gallery.models import Generation, Image, LimitReached, ShareLink, wait_words
+from gallery.models import Generation, Image, ImageQuerySet, LimitReached, ShareLink, wait_words
+from gallery.provenance import Provenance
 
 PAGE_SIZE = 24
 MAX_WATCHED = 100
@@ -247,6 +257,11 @@ def bulk(request: HttpRequest) -> HttpResponse:
         return redirect("gallery:index")
     selected = form.selected()
     action = form.cleaned_data["action"]
+    if action == "export":
+        images = Image.objects.owned_by(request.user).filter(generation__in=selected)
+        name = f"banana-gallery-selection-{timezone.localdate().isoformat()}.zip"
+        empty = "None of the selected images is finished yet: there is nothing to download."
+        return _export(request, images, name, empty, _next_url(request, reverse("gallery:index")))
     if action == "delete":
         if not form.cleaned_data["confirm"]:
             context = {
@@ -275,6 +290,29 @@ def bulk(request: HttpRequest) -> HttpResponse:
         messages.success(request, text % {"n": updated})
     # Back to the gallery as it was: the same filter and search.
     return redirect(_next_url(request, reverse("gallery:index")))
+
+
+def _export(
+    request: HttpRequest, images: ImageQuerySet, filename: str, empty: str, back: str
+) -> HttpResponse:
+    if not images.exists():
+        messages.info(request, empty)
+        return redirect(back)
+    provenance = Preferences.file_provenance_of(request.user.pk)
+    try:
+        return export.zip_response(request.user, images, filename=filename, provenance=provenance)
+    except export.ExportRunning as running:
+        messages.error(request, running.message)
+        return redirect(back)
+
+
+@require_GET
+def export_all(request: HttpRequest) -> HttpResponse:
+    """Every image of the user's gallery in one zip, with its manifest.json."""
+    name = f"banana-gallery-{timezone.localdate().isoformat()}.zip"
+    empty = "Your gallery has no finished images yet: there is nothing to download."
+    images = Image.objects.owned_by(request.user)
+    return _export(request, images, name, empty, reverse("accounts:account"))
 
 
 # Sharing
@@ -364,6 +402,10 @@ def share_image(request: HttpRequest, token: str) -> HttpResponse:
     if link is None:
         return _share_gone(request)
     image = link.image
+    if link.show_prompt and Preferences.file_provenance_of(image.generation.owner_id):
+        # Shown on the page, so in the file too (without the task id, which is ours).
+        response = _streamed(image, image.provenance(public=True), link.file_name, download=False)
+        return _public_headers(response)
     # The file name is the link's (no hidden prompt in it), for the object store too.
     disposition = content_disposition_header(False, link.file_name)
     response = _storage_redirect(
@@ -410,7 +452,7 @@ def _private_redirect(
     return response
 
 
-def _private(response: FileResponse) -> FileResponse:
+def _private(response: StreamingHttpResponse) -> StreamingHttpResponse:
     response["X-Content-Type-Options"] = "nosniff"
     # A shared cache must never hand one user's image to another.
     patch_cache_control(response, private=True, max_age=86400)
@@ -428,6 +470,19 @@ def _original_response(image: Image, *, filename: str, download: bool) -> FileRe
     return response
 
 
+def _streamed(
+    image: Image, about: Provenance, filename: str, *, download: bool
+) -> StreamingHttpResponse:
+    """The original with its provenance written in, streamed through this process from local
+    disk or the bucket alike: a presigned URL could only hand out the bytes as stored."""
+    stream = image.download(about)
+    response = StreamingHttpResponse(stream.chunks, content_type=image.content_type)
+    response["Content-Length"] = str(stream.size)
+    response["Content-Disposition"] = content_disposition_header(download, filename)
+    response["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
 def _thumbnail_response(thumbnail: FieldFile) -> HttpResponse:
     if not thumbnail:
         raise Http404("This image has no thumbnail of that size yet.")
@@ -439,6 +494,11 @@ def _thumbnail_response(thumbnail: FieldFile) -> HttpResponse:
 def image_file(request: HttpRequest, pk: int) -> HttpResponse:
     image = _get_image_for_user(request, pk)
     download = "download" in request.GET
+    if download and Preferences.file_provenance_of(request.user.pk):
+        response = _streamed(image, image.provenance(), image.download_name, download=True)
+        # Not kept: the next download follows the owner's preference as it is then.
+        patch_cache_control(response, private=True, no_cache=True)
+        return response
     disposition = content_disposition_header(download, image.download_name)
     redirect = _private_redirect(image.file, image.content_type, disposition)
     return redirect or _private(

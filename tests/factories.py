@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import uuid
 from datetime import timedelta
 
@@ -143,3 +144,41 @@ def make_entry(
         **fields,
     }
     return LedgerEntry.objects.create(**values)
+
+
+def many_done_images(owner, count: int, side: int = 64, image_format: str = "PNG") -> list[Image]:
+    """`count` finished generations of one stored image each, made in bulk, for what scales
+    with a gallery's size (an export). Each file is `side` px of random noise, so no two are
+    alike; there are no thumbnails, which would take minutes to make for thousands."""
+    now = timezone.now()
+    generations = Generation.objects.bulk_create(
+        Generation(
+            owner=owner,
+            prompt=f"a banana, number {i}, drawn as {['ink', 'oil', 'chalk'][i % 3]}",
+            status=Generation.Status.DONE,
+            output_format={"PNG": "png", "JPEG": "jpg"}[image_format],
+            task_id=f"task_many_{uuid.uuid4().hex[:12]}",
+            created_at=now - timedelta(minutes=count - i),
+            queued_at=now - timedelta(minutes=count - i),
+            finished_at=now - timedelta(minutes=count - i, seconds=-10),
+            cost_time_ms=6000,
+        )
+        for i in range(count)
+    )
+    images = []
+    for generation in generations:
+        out = io.BytesIO()
+        noise = PILImage.frombytes("RGB", (side, side), os.urandom(side * side * 3))
+        noise.save(out, image_format)
+        data = out.getvalue()
+        image = Image(
+            generation=generation,
+            width=side,
+            height=side,
+            bytes=len(data),
+            format=image_format,
+            sha256=hashlib.sha256(data).hexdigest(),
+        )
+        image.file.save(f"original.{image.extension}", ContentFile(data), save=False)
+        images.append(image)
+    return Image.objects.bulk_create(images)

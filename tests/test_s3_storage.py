@@ -3,7 +3,8 @@
 The whole image path with STORAGE_BACKEND=s3: the pipeline's download stores the original and
 its thumbnails in the bucket; the owner's image and thumbnails, and a share link's image for a
 stranger, are redirects to short-lived presigned URLs that the bucket answers with the right
-bytes, type and file name; another user gets 404; a revoked link hands out no more URLs;
+bytes, type and file name, except a download with provenance written in, which streams
+from the bucket through Django; another user gets 404; a revoked link hands out no more URLs;
 deleting removes the objects; `rebuild_thumbnails` works there. Finished generations come from
 tests/factories.py (written to the bucket as the pipeline writes them) except in the pipeline
 test.
@@ -11,7 +12,10 @@ test.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
+import zipfile
 from urllib.parse import urlsplit
 
 import pytest
@@ -20,6 +24,7 @@ from django.core.management import call_command
 from django.urls import reverse
 from PIL import Image as PILImage
 
+from accounts.models import Preferences
 from gallery import tasks
 from gallery.models import Generation, Image, ShareLink
 from tests.factories import done_generation
@@ -109,6 +114,8 @@ def test_it_redirects_the_owner_to_presigned_urls(client, alice, image, s3_bucke
     assert answer.headers["Content-Disposition"] == f'inline; filename="{image.download_name}"'
     assert answer.headers["Cache-Control"] == "private, max-age=86400"
 
+    # A download with nothing written into it is the stored object too.
+    Preferences.objects.create(user=alice, file_provenance=False)
     response = client.get(reverse("gallery:image", args=[image.pk]) + "?download")
     answer = followed(response, s3_bucket)
     disposition = f'attachment; filename="{image.download_name}"'
@@ -129,6 +136,30 @@ def test_it_redirects_the_owner_to_presigned_urls(client, alice, image, s3_bucke
     origin = "{0.scheme}://{0.netloc}".format(urlsplit(s3_bucket.endpoint_url))
     assert f"img-src 'self' data: {origin};" in policy
     assert s3_bucket.origin == origin
+
+
+def test_it_streams_a_download_with_provenance_from_the_bucket(client, alice, image, s3_bucket):
+    """Provenance is written on the way out, so such a download comes through Django from
+    the bucket (a presigned URL hands out the object as stored); the object stays as it was."""
+    stored = s3_bucket.read(image.file.name)
+    client.force_login(alice)
+    response = client.get(reverse("gallery:image", args=[image.pk]) + "?download")
+    assert response.status_code == 200
+    assert response["Content-Disposition"] == f'attachment; filename="{image.download_name}"'
+    data = b"".join(response.streaming_content)
+    assert int(response["Content-Length"]) == len(data)
+    with PILImage.open(io.BytesIO(data)) as picture:
+        assert picture.text["Description"] == PROMPT
+    assert s3_bucket.read(image.file.name) == stored
+    assert hashlib.sha256(stored).hexdigest() == image.sha256
+
+    client.post(reverse("gallery:share_create", args=[image.pk]), {"show_prompt": "on"})
+    link = ShareLink.objects.get()
+    client.logout()
+    response = client.get(f"/s/{link.token}/image")
+    assert response.status_code == 200
+    with PILImage.open(io.BytesIO(b"".join(response.streaming_content))) as picture:
+        assert picture.text["Description"] == PROMPT
 
 
 def test_it_checks_ownership(client, bob, image):
@@ -216,3 +247,18 @@ def test_it_rebuilds_thumbnails_in_the_bucket(
     assert not {image.thumbnail.name, image.thumbnail_large.name} & keys  # the old ones went
     with PILImage.open(io.BytesIO(s3_bucket.read(rebuilt.thumbnail_large.name))) as thumb:
         assert thumb.size == (384, 216)  # the original's size: never upscaled
+
+
+def test_it_exports_a_zip_from_the_bucket(client, alice, image, s3_bucket):
+    jpeg = done_generation(alice, "an owl", output_format="jpg").images.get()
+    client.force_login(alice)
+    response = client.get(reverse("gallery:export"))
+    assert response.status_code == 200
+    archive = zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content)))
+    entries = json.loads(archive.read("manifest.json"))["images"]
+    assert sorted(entry["image_id"] for entry in entries) == sorted([image.pk, jpeg.pk])
+    for entry in entries:
+        data = archive.read(entry["file"])
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"]
+        stored = s3_bucket.read(Image.objects.get(pk=entry["image_id"]).file.name)
+        assert hashlib.sha256(stored).hexdigest() == entry["original_sha256"]

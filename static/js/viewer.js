@@ -53,8 +53,10 @@ export function startViewer() {
 
   // In select mode a click selects instead of opening.
   lightbox.addFilter("clickedIndex", (index, event) => {
-    if (event.target.closest(".selecting")) event.preventDefault();
-    return event.target.closest(".selecting") ? -1 : index;
+    const selecting = event.target.closest(".selecting");
+    // A tile's checkbox toggles itself: cancelling its click would undo the tick.
+    if (selecting && !event.target.closest(".tile-select")) event.preventDefault();
+    return selecting ? -1 : index;
   });
   lightbox.on("beforeOpen", () => {
     if (document.querySelector(".gallery.selecting")) lightbox.pswp.close();
