@@ -2,8 +2,12 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTHON ?= python3
+# Where `make test-pg` puts the tests' databases (test_banana_<pid>_gw<n>, made and dropped by the
+# run) and their queues (one per process) and cache.
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/banana_test
+TEST_REDIS_URL    ?= redis://127.0.0.1:6379/12
 
-.PHONY: run test install migrate lint format simulator bench clean
+.PHONY: run test test-pg install migrate lint format simulator bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +28,10 @@ test: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/pytest
+
+# The same suite on PostgreSQL and django-q2's Redis broker, as a scaled-out site runs.
+test-pg: install
+	TEST_DATABASE_URL=$(TEST_DATABASE_URL) TEST_REDIS_URL=$(TEST_REDIS_URL) $(VENV)/bin/pytest
 
 lint: install
 	$(VENV)/bin/ruff check .

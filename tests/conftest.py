@@ -107,6 +107,66 @@ def clear_cache(cache) -> None:
         client.delete(*keys)
 
 
+# `make test-pg`: the tests' database on PostgreSQL, the queue on Redis (tests/settings.py).
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix) -> None:
+    """pytest-django's hook before it makes the test database: on PostgreSQL the server must
+    answer, or every test that needs the database skips (and fails with BANANA_REQUIRE_ALL=1)."""
+    from django.conf import settings
+
+    from tests.support import postgres_reachable, require
+
+    if settings.TEST_DATABASE_URL:
+        require(*postgres_reachable(settings.TEST_DATABASE_URL))
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker) -> Iterator[None]:
+    """pytest-django's test database, made free to drop at the end: a thread that a test
+    started (a pool racing for claims) keeps its connection until it is garbage collected,
+    and PostgreSQL refuses to drop a database anyone is still connected to."""
+    yield
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def redis_answers() -> None:
+    """On Redis the server must answer, or every test skips (and fails with
+    BANANA_REQUIRE_ALL=1): session fixtures come before the others, which clear its cache."""
+    from django.conf import settings
+
+    from tests.support import redis_reachable, require
+
+    if settings.TEST_REDIS_URL:
+        require(*redis_reachable(settings.TEST_REDIS_URL))
+
+
+@pytest.fixture(autouse=True)
+def empty_queue() -> Iterator[None]:
+    """On Redis, queue messages outlive the test's database, where the ORM broker's rows go
+    with it: each test starts with this process's queue empty and leaves it gone."""
+    from django_q.brokers import get_broker
+    from django_q.conf import Conf
+
+    if Conf.ORM:
+        yield
+        return
+    broker = get_broker()
+    broker.purge_queue()
+    yield
+    broker.delete_queue()
+
+
 @pytest.fixture(autouse=True)
 def app_settings(request, settings, tmp_path):
     """Fast timings, media in a temporary folder, and the provider at the test's simulator.

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 from django.utils.module_loading import import_string
-from django_q.models import OrmQ
+from django_q.brokers import get_broker
 from django_q.signing import SignedPackage
 
 from gallery.models import Generation
@@ -31,30 +31,54 @@ def require(condition: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
+def postgres_reachable(url: str) -> tuple[bool, str]:
+    """Whether the PostgreSQL server of `url` answers (in its `postgres` database, which is
+    there before any of ours), and the reason to skip if not."""
+    try:
+        import psycopg
+
+        psycopg.connect(url, dbname="postgres", connect_timeout=2).close()
+    except Exception as e:  # any failure to connect means "not on this machine"
+        return False, f"PostgreSQL not reachable ({e.__class__.__name__})"
+    return True, ""
+
+
+def redis_reachable(url: str) -> tuple[bool, str]:
+    """Whether the Redis server of `url` answers, and the reason to skip if not."""
+    try:
+        import redis
+
+        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+    except Exception as e:  # any failure to connect means "not on this machine"
+        return False, f"Redis not reachable ({e.__class__.__name__})"
+    return True, ""
+
+
 def chromium_path() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def run_queued_tasks(until: Callable[[], bool] | None = None, seconds: float = 15.0) -> None:
-    """Work through the real django-q2 ORM queue as a worker would, until `until()` holds or
-    the queue is empty.
+    """Work through django-q2's real queue (the ORM broker's table, or Redis with `make
+    test-pg`) as a worker would, until `until()` holds or the queue is empty.
 
     Tasks re-arm themselves (the poll sweep) and enqueue others (downloads), so this loops. It
     raises if `until` has not come true within `seconds`.
     """
+    broker = get_broker()
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if until is not None and until():
             return
-        rows = list(OrmQ.objects.order_by("id"))
-        if not rows:
+        # Asked first: the Redis broker's dequeue waits a second on an empty queue.
+        if not broker.queue_size():
             if until is None:
                 return
             time.sleep(0.02)
             continue
-        for row in rows:
-            row.delete()
-            task = SignedPackage.loads(row.payload)
+        for message_id, payload in broker.dequeue() or []:
+            broker.acknowledge(message_id)
+            task = SignedPackage.loads(payload)
             func = task["func"]
             if isinstance(func, str):
                 func = import_string(func)
@@ -64,6 +88,16 @@ def run_queued_tasks(until: Callable[[], bool] | None = None, seconds: float = 1
     raise AssertionError(f"condition not reached within {seconds} s")
 
 
+def queued_messages() -> int:
+    """How many messages wait in django-q2's queue, whichever the broker."""
+    return get_broker().queue_size()
+
+
+def drop_queued_messages() -> None:
+    """Lose every message in django-q2's queue, as a broker that crashed would."""
+    get_broker().purge_queue()
+
+
 def finished(*generations: Generation) -> Callable[[], bool]:
     ids = [g.pk for g in generations]
     return lambda: not Generation.objects.filter(pk__in=ids).pending().exists()
@@ -71,6 +105,19 @@ def finished(*generations: Generation) -> Callable[[], bool]:
 
 # Real processes (runserver, qcluster, `manage.py shell`) load the test settings too.
 TEST_SETTINGS = "tests.settings"
+
+
+def process_env() -> dict[str, str]:
+    """The environment of a process a test starts on the test settings: this one's, but never
+    the variables that put this process's own database and queue on PostgreSQL and Redis
+    (`make test-pg`, tests/settings.py), which would win over the DATABASE_URL and REDIS_URL
+    the test gives it."""
+    inherited = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in ("TEST_DATABASE_URL", "TEST_REDIS_URL")
+    }
+    return {**inherited, "DJANGO_SETTINGS_MODULE": TEST_SETTINGS}
 
 
 @contextmanager

@@ -36,9 +36,10 @@ from ledger.models import (
 from simulator import DEFAULT_API_KEY, SimulatorConfig, start_in_thread
 from tests.factories import done_generation, make_entry, make_generation
 from tests.support import (
-    TEST_SETTINGS,
     finished,
     fresh_postgres_database,
+    postgres_reachable,
+    process_env,
     require,
     run_queued_tasks,
 )
@@ -452,21 +453,11 @@ print(json.dumps({
 """
 
 
-def _postgres_reachable() -> tuple[bool, str]:
-    try:
-        import psycopg
-
-        psycopg.connect(PG_URL, connect_timeout=2).close()
-    except Exception as e:  # any failure to connect means "not on this machine"
-        return False, f"PostgreSQL not reachable ({e.__class__.__name__})"
-    return True, ""
-
-
 @pytest.fixture
 def postgres_database():
     """A fresh PostgreSQL database for one test, dropped after it (skipped without one, and
     a failure then with BANANA_REQUIRE_ALL=1)."""
-    require(*_postgres_reachable())
+    require(*postgres_reachable(PG_URL))
     with fresh_postgres_database(PG_URL, "banana_budgets") as url:
         yield url
 
@@ -484,8 +475,7 @@ def test_it_never_reserves_more_than_the_budget_for_20_posts_at_once_on_postgres
     costs = [count * {"1K": 1, "2K": 2}[resolution] for count, resolution, _ in posts]
     simulator = start_in_thread(SimulatorConfig(speed=0.02, seed=7, credits=1000))
     env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": TEST_SETTINGS,
+        **process_env(),
         "DATABASE_URL": postgres_database,
         "REDIS_URL": "",
         "MEDIA_ROOT": str(tmp_path / "media"),

@@ -6,7 +6,6 @@ simulator over loopback HTTP; Debian's chromium driven by Playwright.
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from simulator import DEFAULT_API_KEY, SimulatorConfig, start_in_thread
-from tests.support import TEST_SETTINGS, chromium_path, require, running
+from tests.support import chromium_path, process_env, require, running
 
 pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("browser")]
 
@@ -63,8 +62,7 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
     simulator = start_in_thread(SimulatorConfig(speed=0.12, seed=3))
     port = free_port()
     env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": TEST_SETTINGS,
+        **process_env(),
         "DATABASE_URL": f"sqlite:///{tmp / 'e2e.sqlite3'}",
         "MEDIA_ROOT": str(tmp / "media"),
         "AIGPTIMAGE_BASE_URL": simulator.base_url,

@@ -19,7 +19,7 @@ from PIL import Image as PILImage
 
 from gallery import provider, tasks
 from gallery.models import Generation, Image, Lease, ProviderAccount
-from tests.support import finished, run_queued_tasks
+from tests.support import drop_queued_messages, finished, queued_messages, run_queued_tasks
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -490,12 +490,10 @@ def test_it_restarts_a_dropped_poll_runner(alice, simulator):
     generation = generate(alice, "runner lost")
     tasks.submit_queued()
     # The poll runner's queue message is lost (Redis broker crash, say), a while ago.
-    from django_q.models import OrmQ
-
-    OrmQ.objects.all().delete()
+    drop_queued_messages()
     Lease.objects.update(requested_at=timezone.now() - timedelta(minutes=1))
     tasks.reconcile()
-    assert OrmQ.objects.exists()
+    assert queued_messages()
     run_queued_tasks(until=finished(generation))
     generation.refresh_from_db()
     assert generation.status == Generation.Status.DONE
@@ -531,8 +529,6 @@ def test_it_asks_for_a_successor_at_the_end_of_its_turn_and_stops_if_none_comes(
     """A poll runner with work left past its turn asks for a successor (one queue message)
     and works on, but stops RUNNER_HANDOVER_TURNS turns later if no successor came (a cluster
     that stops)."""
-    from django_q.models import OrmQ
-
     settings.RUNNER_SECONDS = 0.2
     settings.RUNNER_HANDOVER_TURNS = 5
     generation = Generation.objects.create(owner=alice, prompt="a long one")
@@ -545,16 +541,14 @@ def test_it_asks_for_a_successor_at_the_end_of_its_turn_and_stops_if_none_comes(
     started = time.monotonic()
     tasks.poll_due()
     assert 1.15 <= time.monotonic() - started < 3  # 0.2 s, then 5 x 0.2 s
-    assert OrmQ.objects.count() == 1  # the successor's message, and no other
+    assert queued_messages() == 1  # the successor's message, and no other
     assert Lease.take("poll:0", 30)  # and it let go
 
 
 def test_it_sends_one_message_for_a_burst_of_wake_ups(db):
-    from django_q.models import OrmQ
-
     for _ in range(5):
         tasks.wake_submission()
-    assert OrmQ.objects.count() == 1
+    assert queued_messages() == 1
 
 
 def test_it_takes_over_from_a_runner_that_died(alice, simulator):
@@ -576,9 +570,7 @@ def test_it_resumes_a_killed_runner_when_a_worker_starts(alice, simulator, setti
     generation = generate(alice, "killed mid-way")
     tasks.submit_queued()
     Lease.take("poll:0", settings.RUNNER_LEASE)  # held by a runner that was just SIGKILLed
-    from django_q.models import OrmQ
-
-    OrmQ.objects.all().delete()
+    drop_queued_messages()
     started = time.monotonic()
     tasks.on_worker_start()
     run_queued_tasks(until=finished(generation))
@@ -635,8 +627,6 @@ def test_it_stores_every_result_of_a_retry_after_a_partial_download(
 def test_it_keeps_the_queue_short_and_hands_the_other_downloads_over_later(alice, settings):
     """Downloads wait in the database, not in the queue, beyond DOWNLOAD_QUEUE_MAX messages:
     a runner's own message never queues behind a long line of them."""
-    from django_q.models import OrmQ
-
     settings.DOWNLOAD_QUEUE_MAX = 2
     now = timezone.now()
     for i in range(5):
@@ -648,8 +638,8 @@ def test_it_keeps_the_queue_short_and_hands_the_other_downloads_over_later(alice
             retry_at=now,
         )
     assert tasks.hand_over_downloads(now) == 2
-    assert OrmQ.objects.count() == 2
+    assert queued_messages() == 2
     assert tasks.hand_over_downloads(now) == 0  # the queue is full
     assert Generation.objects.due_for_download(now).count() == 3  # and they are not lost
-    OrmQ.objects.all().delete()  # the workers took those two
+    drop_queued_messages()  # the workers took those two
     assert tasks.hand_over_downloads(now) == 2

@@ -21,7 +21,14 @@ import pytest
 
 from simulator import DEFAULT_API_KEY, SimulatorConfig, start_in_thread
 from simulator.config import Tier
-from tests.support import TEST_SETTINGS, fresh_postgres_database, require, running
+from tests.support import (
+    fresh_postgres_database,
+    postgres_reachable,
+    process_env,
+    redis_reachable,
+    require,
+    running,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_URL = os.getenv("SCALEOUT_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
@@ -40,22 +47,10 @@ tasks.wake_submission()
 """
 
 
-def _reachable() -> tuple[bool, str]:
-    try:
-        import psycopg
-        import redis
-
-        psycopg.connect(PG_URL, connect_timeout=2).close()
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
-    except Exception as e:  # any failure to connect means "not on this machine"
-        return False, f"PostgreSQL or Redis not reachable ({e.__class__.__name__})"
-    return True, ""
-
-
 @pytest.fixture
 def scaleout_database():
-    ok, reason = _reachable()
-    require(ok, reason)
+    require(*postgres_reachable(PG_URL))
+    require(*redis_reachable(REDIS_URL))
     with fresh_postgres_database(PG_URL, "banana_scaleout") as url:
         yield url
 
@@ -84,8 +79,7 @@ def test_it_shares_the_slots_across_two_worker_clusters(scaleout_database, tmp_p
         )
     )
     env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": TEST_SETTINGS,
+        **process_env(),
         "DATABASE_URL": scaleout_database,
         "REDIS_URL": REDIS_URL,
         "MEDIA_ROOT": str(tmp_path / "media"),

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.support import process_env
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -20,7 +22,9 @@ def test_it_loses_nothing_and_pays_nothing_twice_through_kills_and_an_outage():
         "--generations", "60", "--users", "6", "--kills", "2", "--kill-every", "8",
         "--outage-at", "12", "--outage", "5", "--stuck-after", "90",
     ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    done = subprocess.run(
+        command, env=process_env(), capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     line = next(line for line in done.stdout.splitlines() if line.startswith("SOAK "))
     result = json.loads(line.removeprefix("SOAK "))
