@@ -24,6 +24,8 @@ from gallery.forms import (
     GalleryFilterForm,
     GenerationForm,
     ShareLinkForm,
+    parse_id,
+    parse_ids,
 )
 from gallery.models import Generation, Image, LimitReached, ShareLink, wait_words
 
@@ -97,10 +99,10 @@ def _gallery_context(request: HttpRequest, form: GenerationForm) -> dict:
 
 def _remix_initial(request: HttpRequest) -> dict:
     """Prefill the form from ?remix=<id>: the same prompt and settings as that generation."""
-    remix = request.GET.get("remix", "")
-    if not remix.isdigit():
+    remix = parse_id(request.GET.get("remix", ""))
+    if remix is None:
         return {}
-    generation = _get_generation_for_user(request, int(remix))
+    generation = _get_generation_for_user(request, remix)
     return {name: getattr(generation, name) for name in ["prompt", *SETTINGS_FIELDS]}
 
 
@@ -149,7 +151,7 @@ def create(request: HttpRequest) -> HttpResponse:
 @require_GET
 def updates(request: HttpRequest) -> HttpResponse:
     """One request refreshes every pending card on the page (out-of-band swaps)."""
-    ids = [int(v) for v in request.GET.get("ids", "").split(",") if v.isdigit()][:MAX_WATCHED]
+    ids = parse_ids(request.GET.getlist("ids"), limit=MAX_WATCHED)
     generations = list(
         Generation.objects.owned_by(request.user).filter(pk__in=ids).prefetch_related("images")
     )
