@@ -19,6 +19,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django_htmx.http import reswap, retarget
 
 from gallery import tasks
+from gallery.context_processors import absolute_url
 from gallery.forms import (
     BulkActionForm,
     GalleryFilterForm,
@@ -308,15 +309,6 @@ def share_revoke(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect(_next_url(request, reverse("gallery:shares")))
 
 
-def _absolute(request: HttpRequest, path: str) -> str:
-    # SITE_URL wins behind a proxy that does not pass the public host on.
-    return (
-        settings.SITE_URL.rstrip("/") + path
-        if settings.SITE_URL
-        else request.build_absolute_uri(path)
-    )
-
-
 def _public_headers(response: HttpResponse) -> HttpResponse:
     response["Referrer-Policy"] = "no-referrer"
     response["X-Robots-Tag"] = "noindex, nofollow"
@@ -348,13 +340,13 @@ def share_page(request: HttpRequest, token: str) -> HttpResponse:
     if link is None:
         return _share_gone(request)
     link.record_view()
-    image_url = _absolute(request, reverse("share_image", args=[token]))
+    image_url = absolute_url(request, reverse("share_image", args=[token]))
     context = {
         "link": link,
         "image": link.image,
         "generation": link.image.generation,
         "image_url": image_url,
-        "page_url": _absolute(request, request.path),
+        "page_url": absolute_url(request, request.path),
     }
     return _public_headers(render(request, "gallery/share.html", context))
 
