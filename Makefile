@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: run test install migrate lint format simulator bench clean
+.PHONY: run dev createsuperuser test install migrate lint format simulator bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -13,12 +13,19 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-migrate: install
-	$(PY) manage.py migrate --noinput
-	$(PY) manage.py collectstatic --noinput --verbosity 0
+# scripts/run.sh migrates and collects the static files before it starts anything, with the
+# secret key it keeps in var/secret_key.
+run: install
+	@VENV=$(VENV) bash scripts/run.sh
 
-run: migrate
-	@bash scripts/run.sh
+dev: install
+	@VENV=$(VENV) bash scripts/run.sh dev
+
+createsuperuser: install
+	@VENV=$(VENV) bash scripts/run.sh manage createsuperuser
+
+migrate: install
+	@VENV=$(VENV) bash scripts/run.sh manage migrate --noinput
 
 test: install
 	$(VENV)/bin/ruff check .
