@@ -7,7 +7,7 @@ PYTHON ?= python3
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/banana_test
 TEST_REDIS_URL    ?= redis://127.0.0.1:6379/12
 
-.PHONY: run test test-pg install migrate lint format simulator bench clean
+.PHONY: run dev createsuperuser test test-pg install migrate lint format simulator bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,12 +17,19 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-migrate: install
-	$(PY) manage.py migrate --noinput
-	$(PY) manage.py collectstatic --noinput --verbosity 0
+# scripts/run.sh migrates and collects the static files before it starts anything, with the
+# secret key it keeps in var/secret_key.
+run: install
+	@VENV=$(VENV) bash scripts/run.sh
 
-run: migrate
-	@bash scripts/run.sh
+dev: install
+	@VENV=$(VENV) bash scripts/run.sh dev
+
+createsuperuser: install
+	@VENV=$(VENV) bash scripts/run.sh manage createsuperuser
+
+migrate: install
+	@VENV=$(VENV) bash scripts/run.sh manage migrate --noinput
 
 test: install
 	$(VENV)/bin/ruff check .

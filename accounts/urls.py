@@ -16,9 +16,9 @@ urlpatterns = [
     path("staff/sign-ups/registration/", views.staff_registration, name="staff_registration"),
     path("staff/sign-ups/invites/", views.staff_invite_create, name="staff_invite_create"),
     path(
-        "staff/sign-ups/invites/<int:pk>/withdraw/",
+        "staff/sign-ups/invites/<id:pk>/withdraw/",
         views.staff_invite_withdraw,
         name="staff_invite_withdraw",
     ),
-    path("staff/sign-ups/approvals/<int:pk>/", views.staff_decide, name="staff_decide"),
+    path("staff/sign-ups/approvals/<id:pk>/", views.staff_decide, name="staff_decide"),
 ]

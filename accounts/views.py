@@ -19,6 +19,7 @@ from django.views.decorators.http import require_GET, require_POST
 from accounts.adapter import INVITE_SESSION_KEY, retry_after, signup_refused
 from accounts.forms import DecisionForm, InviteForm, PreferencesForm, RegistrationForm
 from accounts.models import Approval, Invite, Preferences, Registration
+from gallery.context_processors import absolute_url
 from gallery.views import wait_words
 
 # The allauth views that limit requests per address or user, by URL name, with the action
@@ -44,13 +45,6 @@ def staff_only(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]
         return view(request, *args, **kwargs)
 
     return wrapper
-
-
-def _absolute(request: HttpRequest, path: str) -> str:
-    # SITE_URL wins behind a proxy that does not pass the public host on.
-    if settings.SITE_URL:
-        return settings.SITE_URL.rstrip("/") + path
-    return request.build_absolute_uri(path)
 
 
 @login_not_required
@@ -145,7 +139,7 @@ def _staff_context(request: HttpRequest, **forms) -> dict:
         .select_related("user", "decided_by")
         .order_by("-decided_at")[:20],
         "invites": [
-            (invite, _absolute(request, invite.get_absolute_url()))
+            (invite, absolute_url(request, invite.get_absolute_url()))
             for invite in Invite.objects.select_related("used_by")[:50]
         ],
         **forms,
@@ -182,7 +176,7 @@ def staff_invite_create(request: HttpRequest) -> HttpResponse:
         get_adapter(request).send_mail(
             "accounts/email/invite",
             created.email,
-            {"invite": created, "invite_url": _absolute(request, created.get_absolute_url())},
+            {"invite": created, "invite_url": absolute_url(request, created.get_absolute_url())},
         )
         messages.success(request, f"Invite made and mailed to {created.email}.")
     else:
@@ -215,7 +209,7 @@ def staff_decide(request: HttpRequest, pk: int) -> HttpResponse:
         get_adapter(request).send_mail(
             f"accounts/email/{decision}",
             user.email,
-            {"user": user, "login_url": _absolute(request, reverse("account_login"))},
+            {"user": user, "login_url": absolute_url(request, reverse("account_login"))},
         )
     word = "approved" if decision == Approval.Status.APPROVED else "refused"
     told = " and told by email" if user.email else " (no email address to tell them)"

@@ -8,6 +8,7 @@ storage backend, never of editing this file.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -15,6 +16,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import dj_database_url
 from csp.constants import NONE, SELF
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -87,6 +89,24 @@ def envdecimal(name: str) -> Decimal | None:
     return value
 
 
+def proxy_ssl_header(name: str) -> tuple[str, str] | None:
+    """Django's SECURE_PROXY_SSL_HEADER from a header's name, "X-Forwarded-Proto": the request
+    came over HTTPS when the proxy sets it to "https"."""
+    name = name.strip()
+    if not name:
+        return None
+    if not re.fullmatch(r"[A-Za-z0-9-]+", name):
+        raise ValueError(f"SECURE_PROXY_SSL_HEADER: {name!r} is not a header name")
+    return "HTTP_" + name.upper().replace("-", "_"), "https"
+
+
+def log_level(name: str, default: str) -> str:
+    level = os.getenv(name, default).strip().upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ValueError(f"{name}: {level!r} is not DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    return level
+
+
 def s3_origin(options: dict) -> str:
     """The scheme and host of the presigned URLs an S3Storage with these options makes, for
     the CSP. botocore decides between path style (`host/bucket/key`) and virtual-host style
@@ -113,8 +133,19 @@ def s3_origin(options: dict) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-SECRET_KEY = os.getenv("SECRET_KEY", "dev-only-insecure-key-set-SECRET_KEY-in-production")
 DEBUG = envbool("DEBUG", False)
+# Sessions, password reset links and django-q2's queue messages are signed with it, so a key
+# anyone can read in this file would let them forge all three: without DEBUG there is no
+# default. `make run` makes a random one once (var/secret_key).
+SECRET_KEY = os.getenv("SECRET_KEY", "")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "SECRET_KEY is not set. Set it to a long random value, the same for every web and "
+            "worker process, e.g. the output of: "
+            "python -c 'import secrets; print(secrets.token_urlsafe(50))'"
+        )
+    SECRET_KEY = "dev-only-insecure-key-for-DEBUG"
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]")
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", "")
 SITE_URL = os.getenv("SITE_URL", "")
@@ -175,6 +206,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "gallery.context_processors.provider_status",
+                "gallery.context_processors.site_url",
             ],
         },
     },
@@ -279,9 +311,12 @@ ACCOUNT_RATE_LIMITS = {
     "manage_email": "10/m/user",
     "reauthenticate": "10/m/user",
 }
-# Behind a reverse proxy the client's address is in X-Forwarded-For: say how many proxies
-# (that each add one address) stand in front, or every client looks like the proxy.
+# Behind a reverse proxy every request comes from the proxy's address. The client's is the one
+# the proxy adds to X-Forwarded-For (say how many proxies that each add one stand in front), or
+# in a header of the proxy's own that replaces any the client sent (CLIENT_IP_HEADER, e.g.
+# X-Real-IP or CF-Connecting-IP). Sign-in and generation limits count that address.
 ALLAUTH_TRUSTED_PROXY_COUNT = envint("TRUSTED_PROXY_COUNT", 0)
+ALLAUTH_TRUSTED_CLIENT_IP_HEADER = os.getenv("CLIENT_IP_HEADER", "").strip() or None
 # Two-factor sign-in with an authenticator app and one-time recovery codes.
 MFA_SUPPORTED_TYPES = ["totp", "recovery_codes"]
 MFA_TOTP_ISSUER = os.getenv("MFA_TOTP_ISSUER", "Banana Gallery")
@@ -384,6 +419,15 @@ if STORAGE_BACKEND == S3_STORAGE:
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = envbool("SECURE_COOKIES", False)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+# HTTPS. A proxy that holds the certificate says in a header that the visitor came over HTTPS
+# (SECURE_PROXY_SSL_HEADER=X-Forwarded-Proto, which it must always set, or a visitor could):
+# without it request.is_secure() is false behind the proxy, and SECURE_SSL_REDIRECT would
+# redirect forever. HSTS makes browsers refuse plain http for SECURE_HSTS_SECONDS.
+SECURE_PROXY_SSL_HEADER = proxy_ssl_header(os.getenv("SECURE_PROXY_SSL_HEADER", ""))
+SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", False)
+SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", False)
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
@@ -509,11 +553,19 @@ if REDIS_URL:
 else:
     Q_CLUSTER["orm"] = "default"
 
+# The log goes to standard error. By default it holds what a person running the site needs:
+# errors, warnings and one line per generation that finished or failed (gallery.outcomes);
+# LOG_LEVEL=INFO adds the queue's and the server's own lines, DEBUG everything.
+LOG_LEVEL = log_level("LOG_LEVEL", "WARNING")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": os.getenv("LOG_LEVEL", "INFO")},
-    "loggers": {"django": {"level": "WARNING"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        # Django's warnings are mostly one line per 404 or 429.
+        "django": {"level": "WARNING" if LOG_LEVEL in ("DEBUG", "INFO") else "ERROR"},
+        "gallery.outcomes": {"level": LOG_LEVEL if LOG_LEVEL in ("ERROR", "CRITICAL") else "INFO"},
+    },
 }

@@ -13,6 +13,7 @@ process. About 20 s; the temporary files are removed even on error.
 from __future__ import annotations
 
 import os
+import secrets
 import tempfile
 import time
 from dataclasses import dataclass
@@ -169,6 +170,7 @@ def main() -> None:
         for name in APP_VARIABLES:
             os.environ.pop(name, None)
         os.environ["DJANGO_SETTINGS_MODULE"] = "banana_site.settings"
+        os.environ["SECRET_KEY"] = secrets.token_urlsafe(50)
         os.environ["DATABASE_URL"] = f"sqlite:///{Path(tmp) / 'gallery.sqlite3'}"
         os.environ["MEDIA_ROOT"] = str(Path(tmp) / "media")
         import django

@@ -26,6 +26,7 @@ import argparse
 import contextlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -185,6 +186,7 @@ def app_environment(tmp: Path, base_url: str, scenario: Scenario, args) -> dict[
         "Q_WORKERS": str(args.workers or scenario.workers),
         "PIPELINE_RUNNERS": str(args.runners),
         "DEBUG": "0",
+        "SECRET_KEY": secrets.token_urlsafe(50),
         "LOG_LEVEL": "INFO",
         "BENCH_WARMUP": str(scenario.warmup),
         "BENCH_GENERATIONS": str(scenario.generations),

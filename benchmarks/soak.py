@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import sqlite3
@@ -234,6 +235,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
             "AIGPTIMAGE_CONFLICT_WAIT": "2",
             "Q_WORKERS": "4",
             "DEBUG": "0",
+            "SECRET_KEY": secrets.token_urlsafe(50),
             "LOG_LEVEL": "WARNING",
             "SOAK_GENERATIONS": str(args.generations),
             "SOAK_USERS": str(args.users),

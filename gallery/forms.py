@@ -28,6 +28,42 @@ ASPECT_RATIO_LABELS = {
 }
 
 
+# The largest id a BigAutoField holds (a signed 64-bit integer, in PostgreSQL and SQLite alike).
+MAX_ID = 2**63 - 1
+
+
+def parse_id(value: str) -> int | None:
+    """An id from a URL or a form, strictly: ASCII digits from 1 to MAX_ID, else None.
+    str.isdigit() takes "²" and "١٢", which int() refuses or reads, and a database refuses a
+    number past its integers: to this, all of them are simply no id."""
+    if not (value.isascii() and value.isdigit()) or len(value) > len(str(MAX_ID)):
+        return None
+    number = int(value)
+    return number if 1 <= number <= MAX_ID else None
+
+
+def parse_ids(values: list[str], limit: int | None = None) -> list[int]:
+    """The valid ids among `values` (comma-separated ones too), in order, at most `limit`."""
+    ids = (parse_id(part) for value in values for part in value.split(","))
+    return [number for number in ids if number is not None][:limit]
+
+
+class IdConverter:
+    """The `<id:pk>` path converter: an id as parse_id reads it. Anything else matches no URL,
+    so it is not found (404) before any view runs."""
+
+    regex = "[0-9]{1,19}"
+
+    def to_python(self, value: str) -> int:
+        number = parse_id(value)
+        if number is None:
+            raise ValueError(value)
+        return number
+
+    def to_url(self, value: int) -> str:
+        return str(value)
+
+
 def _choice_field(values: tuple[str, ...], labels: dict[str, str], initial: str, what: str):
     return forms.ChoiceField(
         choices=[(value, labels.get(value, value)) for value in values],
@@ -112,7 +148,9 @@ class GalleryFilterForm(forms.Form):
     resolution = forms.ChoiceField(
         required=False, choices=[("", "Any size")] + [(v, v) for v in provider.RESOLUTIONS]
     )
-    before = forms.IntegerField(required=False, min_value=1, widget=forms.HiddenInput)
+    before = forms.IntegerField(
+        required=False, min_value=1, max_value=MAX_ID, widget=forms.HiddenInput
+    )
 
     def __init__(self, *args, **kwargs) -> None:
         # Its own ids: the composer on the same page has fields of the same names.
@@ -184,7 +222,7 @@ class BulkActionForm(forms.Form):
         super().__init__(*args, **kwargs)
         # Only the user's own generations are valid choices: anything else is "not found".
         self.queryset = queryset
-        self.fields["ids"].choices = [(v, v) for v in self.data.getlist("ids") if v.isdigit()]
+        self.fields["ids"].choices = [(str(pk), pk) for pk in parse_ids(self.data.getlist("ids"))]
 
     def selected(self) -> GenerationQuerySet:
         return self.queryset.filter(pk__in=self.cleaned_data["ids"])

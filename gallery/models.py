@@ -42,6 +42,9 @@ from ledger.models import (
 )
 
 log = logging.getLogger(__name__)
+# One line per generation that finished or failed: what the terminal of `make run` shows by
+# default (banana_site.settings.LOGGING), so that it says what happened without the noise.
+outcomes = logging.getLogger("gallery.outcomes")
 
 
 def _choices(values: tuple[str, ...]) -> list[tuple[str, str]]:
@@ -858,6 +861,14 @@ class Generation(models.Model):
             )
             if failed:
                 LedgerEntry.objects.filter(generation=self.pk).settle(outcome, code, message)
+        if failed:
+            outcomes.info(
+                "Generation %s failed after %s (%s): %s",
+                self.pk,
+                self.elapsed_text,
+                code or "no code",
+                message,
+            )
         return failed
 
     def record_poll(self, record: provider.TaskRecord) -> bool:
@@ -959,6 +970,15 @@ class Generation(models.Model):
             )
             if done:
                 LedgerEntry.objects.filter(generation=self.pk).settle(LedgerEntry.Outcome.DONE)
+        if done:
+            outcomes.info(
+                "Generation %s done in %s: %s %s %s",
+                self.pk,
+                self.elapsed_text,
+                self.resolution,
+                self.aspect_ratio,
+                self.output_format.upper(),
+            )
         return done
 
     def result_may_be_valid(self, now: datetime) -> bool:

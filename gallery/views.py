@@ -28,11 +28,14 @@ from django_htmx.http import reswap, retarget
 
 from accounts.models import Preferences
 from gallery import export, tasks
+from gallery.context_processors import absolute_url
 from gallery.forms import (
     BulkActionForm,
     GalleryFilterForm,
     GenerationForm,
     ShareLinkForm,
+    parse_id,
+    parse_ids,
 )
 from gallery.models import Generation, Image, ImageQuerySet, LimitReached, ShareLink, wait_words
 from gallery.provenance import Provenance
@@ -107,10 +110,10 @@ def _gallery_context(request: HttpRequest, form: GenerationForm) -> dict:
 
 def _remix_initial(request: HttpRequest) -> dict:
     """Prefill the form from ?remix=<id>: the same prompt and settings as that generation."""
-    remix = request.GET.get("remix", "")
-    if not remix.isdigit():
+    remix = parse_id(request.GET.get("remix", ""))
+    if remix is None:
         return {}
-    generation = _get_generation_for_user(request, int(remix))
+    generation = _get_generation_for_user(request, remix)
     return {name: getattr(generation, name) for name in ["prompt", *SETTINGS_FIELDS]}
 
 
@@ -159,7 +162,7 @@ def create(request: HttpRequest) -> HttpResponse:
 @require_GET
 def updates(request: HttpRequest) -> HttpResponse:
     """One request refreshes every pending card on the page (out-of-band swaps)."""
-    ids = [int(v) for v in request.GET.get("ids", "").split(",") if v.isdigit()][:MAX_WATCHED]
+    ids = parse_ids(request.GET.getlist("ids"), limit=MAX_WATCHED)
     generations = list(
         Generation.objects.owned_by(request.user).filter(pk__in=ids).prefetch_related("images")
     )
@@ -344,15 +347,6 @@ def share_revoke(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect(_next_url(request, reverse("gallery:shares")))
 
 
-def _absolute(request: HttpRequest, path: str) -> str:
-    # SITE_URL wins behind a proxy that does not pass the public host on.
-    return (
-        settings.SITE_URL.rstrip("/") + path
-        if settings.SITE_URL
-        else request.build_absolute_uri(path)
-    )
-
-
 def _public_headers(response: HttpResponse) -> HttpResponse:
     response["Referrer-Policy"] = "no-referrer"
     response["X-Robots-Tag"] = "noindex, nofollow"
@@ -384,13 +378,13 @@ def share_page(request: HttpRequest, token: str) -> HttpResponse:
     if link is None:
         return _share_gone(request)
     link.record_view()
-    image_url = _absolute(request, reverse("share_image", args=[token]))
+    image_url = absolute_url(request, reverse("share_image", args=[token]))
     context = {
         "link": link,
         "image": link.image,
         "generation": link.image.generation,
         "image_url": image_url,
-        "page_url": _absolute(request, request.path),
+        "page_url": absolute_url(request, request.path),
     }
     return _public_headers(render(request, "gallery/share.html", context))
 

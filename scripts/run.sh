@@ -1,46 +1,68 @@
 #!/usr/bin/env bash
-# Starts web, worker and, without AIGPTIMAGE_API_KEY, the provider simulator; stops all on Ctrl-C.
+# `make run`, `make dev` and friends, with the same environment:
+#   scripts/run.sh             migrate, collect static files, start the Procfile's processes
+#                              with honcho: gunicorn with DEBUG off, the worker cluster and,
+#                              without AIGPTIMAGE_API_KEY, the provider simulator
+#   scripts/run.sh dev         the same with runserver: autoreload and Django's debug pages
+#   scripts/run.sh manage ...  any manage.py command (createsuperuser, say)
+# Ctrl-C stops every process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=.venv/bin/python
-PORT=${PORT:-8000}
-export DEBUG=${DEBUG:-1}
+VENV=$(cd "${VENV:-.venv}" && pwd)
+export PATH="$VENV/bin:$PATH"
+# Lines reach the terminal as they are written, through honcho's pipes.
+export PYTHONUNBUFFERED=1
+mode=${1:-serve}
 
-servers=()
-cluster=""
-stop() {
-  trap - EXIT INT TERM
-  # Background jobs of a script ignore SIGINT, so the web server and the simulator get SIGTERM.
-  # The worker cluster runs in a session of its own, out of reach of the terminal's Ctrl-C,
-  # and stops its workers cleanly on a SIGINT to its main process alone.
-  kill -TERM "${servers[@]}" 2>/dev/null || true
-  [ -n "$cluster" ] && kill -INT "$cluster" 2>/dev/null || true
-  wait 2>/dev/null || true
-}
-trap stop EXIT INT TERM
+# A key of this checkout's own, made once, so that sign-ins survive a restart and nobody else
+# knows it (without DEBUG the app refuses to start without one).
+if [ -z "${SECRET_KEY:-}" ]; then
+  mkdir -p var
+  if [ ! -s var/secret_key ]; then
+    (umask 077 && python -c 'import secrets; print(secrets.token_urlsafe(50))' > var/secret_key)
+  fi
+  SECRET_KEY=$(cat var/secret_key)
+  export SECRET_KEY
+fi
 
+case "$mode" in
+  serve) export DEBUG=0 web=web ;;
+  dev) export DEBUG=1 web=dev ;;
+  manage) shift; exec python manage.py "$@" ;;
+  *) echo "usage: $0 [dev | manage COMMAND...]" >&2; exit 2 ;;
+esac
+
+export PORT=${PORT:-8000}
+export SIMULATOR_PORT=${SIMULATOR_PORT:-8765}
+processes=("$web" worker)
 if [ -z "${AIGPTIMAGE_API_KEY:-}" ]; then
-  SIM_PORT=${SIMULATOR_PORT:-8765}
   export SIMULATOR_SPEED=${SIMULATOR_SPEED:-0.5}
   export AIGPTIMAGE_API_KEY=sim-key
-  export AIGPTIMAGE_BASE_URL="http://127.0.0.1:${SIM_PORT}"
-  export AIGPTIMAGE_RESULT_HOSTS_ALLOWED="127.0.0.1:${SIM_PORT}"
-  $PY -m simulator --host 127.0.0.1 --port "$SIM_PORT" &
-  servers+=($!)
+  export AIGPTIMAGE_BASE_URL="http://127.0.0.1:${SIMULATOR_PORT}"
+  export AIGPTIMAGE_RESULT_HOSTS_ALLOWED="127.0.0.1:${SIMULATOR_PORT}"
+  processes+=(simulator)
   echo "No AIGPTIMAGE_API_KEY set: images come from the provider simulator at ${AIGPTIMAGE_BASE_URL}"
 else
   echo "Using the provider at ${AIGPTIMAGE_BASE_URL:-https://aigptimage.com}"
 fi
 
-setsid $PY manage.py qcluster &
-cluster=$!
-$PY manage.py runserver "127.0.0.1:${PORT}" --noreload &
-servers+=($!)
+python manage.py migrate --noinput --verbosity 0
+python manage.py collectstatic --noinput --verbosity 0
 
-sleep 2
-echo
-echo "  Banana Gallery is running: http://127.0.0.1:${PORT}/"
-echo "  Sign up at http://127.0.0.1:${PORT}/accounts/signup/ . Mail (password resets, verification)"
-echo "  is printed here. Press Ctrl-C to stop."
-echo
-wait -n "${servers[@]}" "$cluster"
+mkdir -p var
+export QCLUSTER_PID_FILE="$PWD/var/qcluster.pid"
+rm -f "$QCLUSTER_PID_FILE"
+status=0
+# The environment is this script's: no .env file is read.
+honcho start --procfile Procfile --env /dev/null "${processes[@]}" || status=$?
+
+# honcho waits 5 s for each process; a cluster still finishing a task outlives it. A second
+# Ctrl-C stops it at once (the reconcile schedule picks its work up at the next start).
+cluster=$(cat "$QCLUSTER_PID_FILE" 2>/dev/null || true)
+if [ -n "$cluster" ] && kill -0 "$cluster" 2>/dev/null; then
+  echo "Waiting for the worker cluster to finish its current tasks (Ctrl-C again to stop it now)"
+  trap 'kill -KILL -- "-$cluster" 2>/dev/null || true' INT TERM
+  while kill -0 "$cluster" 2>/dev/null; do sleep 0.2; done
+fi
+rm -f "$QCLUSTER_PID_FILE"
+exit "$status"

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import os
 
+# The app refuses to start without a SECRET_KEY unless DEBUG is on; tests need no real one.
+os.environ.setdefault("SECRET_KEY", "tests-only-" + "k" * 50)
+
 import dj_database_url
 
-from banana_site.settings import *  # noqa: F403
+from banana_site.settings import *  # noqa: E402, F403
 
 # Django's default PBKDF2 hasher takes about half a second per password on purpose; tests
 # create many users and sign in often, and no test is about the strength of the hash.

@@ -214,6 +214,29 @@ def test_it_counts_images_per_address_across_users(client, alice, bob, settings)
     assert Generation.objects.filter(owner=bob).count() == 3
 
 
+def test_it_counts_two_clients_behind_a_proxy_apart_by_its_client_address_header(
+    client, alice, settings
+):
+    """CLIENT_IP_HEADER: every request comes from the proxy's address, and the proxy says whose
+    it is in a header of its own; a client's X-Forwarded-For is then not believed."""
+    settings.RATELIMIT_GENERATE = "100/m"
+    settings.RATELIMIT_GENERATE_ADDRESS = "3/m"
+    settings.ALLAUTH_TRUSTED_CLIENT_IP_HEADER = "X-Real-IP"
+    client.force_login(alice)
+
+    def from_client(address: str, **headers):
+        return post(client, count=1, REMOTE_ADDR="127.0.0.1", HTTP_X_REAL_IP=address, **headers)
+
+    assert all(from_client("203.0.113.7").status_code == 302 for _ in range(3))
+    assert "You can generate again in" in text(from_client("203.0.113.7"))
+    forged = from_client("203.0.113.7", HTTP_X_FORWARDED_FOR="198.51.100.9")
+    assert "You can generate again in" in text(forged)
+    # The second client has all of its own.
+    assert all(from_client("198.51.100.9").status_code == 302 for _ in range(3))
+    assert "You can generate again in" in text(from_client("198.51.100.9"))
+    assert Generation.objects.count() == 6
+
+
 def test_it_counts_reruns_and_retries_in_the_rate_limit(client, alice, settings):
     settings.RATELIMIT_GENERATE = "3/m"
     done = done_generation(alice)

@@ -248,3 +248,16 @@ def test_it_uses_site_url_for_the_preview_image_when_set(client, alice, image, s
     link = share(client, image)
     html = client.get(f"/s/{link.token}/").content.decode()
     assert meta(html, "og:image") == f"https://bananas.example/s/{link.token}/image"
+
+
+def test_it_gives_out_share_links_on_site_url_on_the_detail_page(client, alice, image, settings):
+    client.force_login(alice)
+    link = share(client, image)
+    detail = image.generation.get_absolute_url()
+    assert f'value="http://testserver/s/{link.token}/"' in client.get(detail).content.decode()
+    # Behind a proxy that passes its own host on, the link is still the public one.
+    settings.SITE_URL = "https://bananas.example/"
+    html = client.get(detail, HTTP_HOST="127.0.0.1").content.decode()
+    assert f'value="https://bananas.example/s/{link.token}/"' in html
+    assert f'data-copy-value="https://bananas.example/s/{link.token}/"' in html
+    assert "127.0.0.1" not in html
