@@ -138,6 +138,19 @@ class GalleryFilterForm(forms.Form):
             data.get(name) for name in ("q", "status", "favorites", "aspect_ratio", "resolution")
         )
 
+    def counter(self) -> str:
+        """The gallery counter (GalleryCounts.of) that is just what the filters pick, if one
+        is: a status group alone, or the favourites alone; else ""."""
+        data = self.cleaned_data if self.is_valid() else {}
+        on = {
+            name
+            for name in ("q", "status", "favorites", "aspect_ratio", "resolution")
+            if data.get(name)
+        }
+        if on == {"status"}:
+            return data["status"]
+        return "favorites" if on == {"favorites"} else ""
+
     def cursor(self) -> int | None:
         return self.cleaned_data.get("before") if self.is_valid() else None
 

@@ -25,10 +25,20 @@ from gallery.forms import (
     GenerationForm,
     ShareLinkForm,
 )
-from gallery.models import Generation, Image, LimitReached, ShareLink, wait_words
+from gallery.models import (
+    GalleryCounts,
+    Generation,
+    Image,
+    LimitReached,
+    ShareLink,
+    wait_words,
+)
 
 PAGE_SIZE = 24
 MAX_WATCHED = 100
+# "1000+ of 100000 shown": a filter's matches are counted this far and no further, so that the
+# count costs the same in a gallery of any size.
+MAX_COUNTED = 1000
 SETTINGS_FIELDS = ["aspect_ratio", "resolution", "output_format"]
 
 
@@ -66,8 +76,7 @@ def _pending_ids(user) -> list[int]:
 def _gallery_page(request: HttpRequest, filters: GalleryFilterForm) -> dict:
     """One page of the gallery, keyset-paged on the id so its cost stays flat."""
     generations = filters.filter(Generation.objects.owned_by(request.user))
-    if cursor := filters.cursor():
-        generations = generations.filter(pk__lt=cursor)
+    generations = generations.before(filters.cursor())
     page = list(generations.prefetch_related("images")[: PAGE_SIZE + 1])
     more = len(page) > PAGE_SIZE
     page = page[:PAGE_SIZE]
@@ -82,15 +91,24 @@ def _gallery_page(request: HttpRequest, filters: GalleryFilterForm) -> dict:
     }
 
 
+def _shown(request: HttpRequest, filters: GalleryFilterForm, counts: dict[str, int]) -> str:
+    """How many generations the filters match, for "8 of 65 shown": a counter when it is the
+    same thing (one status, or the favourites), else counted up to MAX_COUNTED."""
+    if counter := filters.counter():
+        return str(counts[counter])
+    matching = filters.filter(Generation.objects.owned_by(request.user))
+    found = matching[: MAX_COUNTED + 1].count()
+    return f"{MAX_COUNTED}+" if found > MAX_COUNTED else str(found)
+
+
 def _gallery_context(request: HttpRequest, form: GenerationForm) -> dict:
     filters = GalleryFilterForm(request.GET)
-    mine = Generation.objects.owned_by(request.user)
+    counts = GalleryCounts.of(request.user)
     return {
         "form": form,
         "filters": filters,
-        "counts": mine.counts(),
-        # "8 of 65 shown" when a filter is on.
-        "shown": filters.filter(mine).count() if filters.is_filtered else None,
+        "counts": counts,
+        "shown": _shown(request, filters, counts) if filters.is_filtered else None,
         **_gallery_page(request, filters),
     }
 
@@ -141,7 +159,7 @@ def create(request: HttpRequest) -> HttpResponse:
         "generations": generations,
         "form": GenerationForm(initial={k: form.cleaned_data[k] for k in SETTINGS_FIELDS}),
         "pending_ids": _pending_ids(request.user),
-        "counts": Generation.objects.owned_by(request.user).counts(),
+        "counts": GalleryCounts.of(request.user),
     }
     return render(request, "gallery/index.html#created", context)
 
@@ -157,7 +175,7 @@ def updates(request: HttpRequest) -> HttpResponse:
     context = {"generations": generations, "pending_ids": pending_ids}
     if len(pending_ids) < len(generations):
         # Something finished since the last refresh: the counters changed too.
-        context["counts"] = Generation.objects.owned_by(request.user).counts()
+        context["counts"] = GalleryCounts.of(request.user)
     return render(request, "gallery/index.html#updates", context)
 
 
@@ -231,7 +249,7 @@ def favorite(request: HttpRequest, pk: int) -> HttpResponse:
             "labelled": "labelled" in request.POST,
             # The gallery's counters follow at once (an out-of-band swap).
             "favorite_changed": True,
-            "counts": Generation.objects.owned_by(request.user).counts(),
+            "counts": GalleryCounts.of(request.user),
         }
         return render(request, "gallery/index.html#favorite", context)
     return redirect(_next_url(request, generation.get_absolute_url()))
