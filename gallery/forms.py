@@ -119,10 +119,12 @@ class GalleryFilterForm(forms.Form):
         kwargs.setdefault("auto_id", "filter_%s")
         super().__init__(*args, **kwargs)
 
-    def filter(self, queryset: GenerationQuerySet) -> GenerationQuerySet:
-        """Apply the valid filters; a bad value is ignored rather than shown as an error."""
+    def filter(self, queryset: GenerationQuerySet, rows: int | None = None) -> GenerationQuerySet:
+        """Apply the valid filters; a bad value is ignored rather than shown as an error.
+        `rows`: how many generations the queryset holds, if known (for the search)."""
         data = self.cleaned_data if self.is_valid() else {}
-        queryset = queryset.search(data.get("q", "").strip()).with_status(data.get("status", ""))
+        queryset = queryset.search(data.get("q", "").strip(), rows)
+        queryset = queryset.with_status(data.get("status", ""))
         if data.get("favorites"):
             queryset = queryset.favorites()
         if data.get("aspect_ratio"):

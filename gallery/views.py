@@ -73,9 +73,10 @@ def _pending_ids(user) -> list[int]:
     )
 
 
-def _gallery_page(request: HttpRequest, filters: GalleryFilterForm) -> dict:
-    """One page of the gallery, keyset-paged on the id so its cost stays flat."""
-    generations = filters.filter(Generation.objects.owned_by(request.user))
+def _gallery_page(request: HttpRequest, filters: GalleryFilterForm, rows: int) -> dict:
+    """One page of the gallery, keyset-paged on the id so its cost stays flat; `rows`: how
+    many generations the user has."""
+    generations = filters.filter(Generation.objects.owned_by(request.user), rows)
     generations = generations.before(filters.cursor())
     page = list(generations.prefetch_related("images")[: PAGE_SIZE + 1])
     more = len(page) > PAGE_SIZE
@@ -96,7 +97,7 @@ def _shown(request: HttpRequest, filters: GalleryFilterForm, counts: dict[str, i
     same thing (one status, or the favourites), else counted up to MAX_COUNTED."""
     if counter := filters.counter():
         return str(counts[counter])
-    matching = filters.filter(Generation.objects.owned_by(request.user))
+    matching = filters.filter(Generation.objects.owned_by(request.user), counts["total"])
     found = matching[: MAX_COUNTED + 1].count()
     return f"{MAX_COUNTED}+" if found > MAX_COUNTED else str(found)
 
@@ -109,7 +110,7 @@ def _gallery_context(request: HttpRequest, form: GenerationForm) -> dict:
         "filters": filters,
         "counts": counts,
         "shown": _shown(request, filters, counts) if filters.is_filtered else None,
-        **_gallery_page(request, filters),
+        **_gallery_page(request, filters, counts["total"]),
     }
 
 
@@ -131,7 +132,8 @@ def _client_address(request: HttpRequest) -> str:
 def index(request: HttpRequest) -> HttpResponse:
     if request.htmx and "before" in request.GET:
         # Infinite scroll: the next page of cards and the loader for the one after.
-        page = _gallery_page(request, GalleryFilterForm(request.GET))
+        rows = GalleryCounts.of(request.user)["total"]
+        page = _gallery_page(request, GalleryFilterForm(request.GET), rows)
         return render(request, "gallery/index.html#page", {**page, "next_page": True})
     form = GenerationForm(initial=_remix_initial(request))
     return render(request, "gallery/index.html", _gallery_context(request, form))

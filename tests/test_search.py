@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from django.urls import reverse
 
-from gallery import views
+from gallery import models, views
 from gallery.models import Generation
 from gallery.views import PAGE_SIZE
 from tests.support import TEST_SETTINGS, fresh_postgres_database, require
@@ -56,8 +56,9 @@ SEARCHES = [
 ]
 
 
-def found(owner, text: str) -> set[str]:
-    return set(Generation.objects.owned_by(owner).search(text).values_list("prompt", flat=True))
+def found(owner, text: str, rows: int | None = None) -> set[str]:
+    mine = Generation.objects.owned_by(owner)
+    return set(mine.search(text, rows).values_list("prompt", flat=True))
 
 
 @pytest.fixture
@@ -68,13 +69,17 @@ def prompts(alice, bob):
 
 
 @pytest.mark.parametrize(("text", "expected"), SEARCHES)
-def test_it_finds_a_word_or_phrase_in_any_case(alice, prompts, text, expected):
-    assert found(alice, text) == expected
+@pytest.mark.parametrize("rows", [None, 1], ids=["index", "small-gallery"])
+def test_it_finds_a_word_or_phrase_in_any_case(alice, prompts, text, expected, rows):
+    assert found(alice, text, rows) == expected
+
+
+UNICODE = ["Ein Fuchs im Schnee, ÉTÉ indien", "猫が屋根の上で寝ている"]
 
 
 def test_it_finds_letters_of_any_alphabet_in_any_case(alice):
-    Generation.objects.create(owner=alice, prompt="Ein Fuchs im Schnee, ÉTÉ indien")
-    Generation.objects.create(owner=alice, prompt="猫が屋根の上で寝ている")
+    for prompt in UNICODE:
+        Generation.objects.create(owner=alice, prompt=prompt)
     assert found(alice, "été") == {"Ein Fuchs im Schnee, ÉTÉ indien"}
     assert found(alice, "屋根の") == {"猫が屋根の上で寝ている"}
     assert found(alice, "猫") == {"猫が屋根の上で寝ている"}
@@ -89,7 +94,11 @@ def test_it_follows_prompts_that_change_and_go(alice):
     assert found(alice, "windmill") == set()
 
 
-def test_it_searches_through_the_view_and_pages_newest_first(client, alice, bob):
+@pytest.mark.parametrize("scan_rows", [0, 10_000], ids=["index", "small-gallery"])
+def test_it_searches_through_the_view_and_pages_newest_first(
+    client, alice, bob, monkeypatch, scan_rows
+):
+    monkeypatch.setattr(models, "SEARCH_SCAN_ROWS", scan_rows)
     Generation.objects.bulk_create(
         [Generation(owner=alice, prompt=f"koi {i} in a pond") for i in range(PAGE_SIZE * 2 + 3)]
         + [Generation(owner=bob, prompt="bob's koi")]
@@ -145,6 +154,9 @@ found = {
     text: sorted(Generation.objects.owned_by(alice).search(text).values_list("prompt", flat=True))
     for text, _ in %(searches)s
 }
+for prompt in %(unicode)s:
+    Generation.objects.create(owner=bob, prompt=prompt)
+found["été"] = list(Generation.objects.owned_by(bob).search("été").values_list("prompt", flat=True))
 first = Generation.objects.owned_by(alice).order_by("id").first()
 first.is_favorite = True
 first.save(update_fields=["is_favorite"])
@@ -177,13 +189,17 @@ def test_it_searches_and_counts_the_same_on_postgresql(tmp_path):
         code = SEARCH_ON_POSTGRESQL % {
             "prompts": repr(PROMPTS),
             "searches": repr([(text, None) for text, _ in SEARCHES]),
+            "unicode": repr(UNICODE),
         }
         done = subprocess.run(
             [*manage, "shell", "-c", code], env=env, capture_output=True, text=True, timeout=120
         )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["found"] == {text: sorted(expected) for text, expected in SEARCHES}
+    assert result["found"] == {
+        **{text: sorted(expected) for text, expected in SEARCHES},
+        "été": [UNICODE[0]],
+    }
     assert result["counts"] == {
         "total": len(PROMPTS) - 1,
         "pending": len(PROMPTS) - 3,
