@@ -737,6 +737,11 @@ class Generation(models.Model):
             models.Index(
                 fields=["owner", "-id"], condition=Q(is_favorite=True), name="gen_owner_favorites"
             ),
+            models.Index(
+                fields=["owner", "status", "-id"],
+                condition=Q(is_favorite=True),
+                name="gen_owner_favorite_status",
+            ),
             # The workers: what is due, whoever owns it.
             models.Index(fields=["status", "next_poll_at"], name="gen_status_poll"),
             models.Index(fields=["status", "retry_at"], name="gen_status_retry"),

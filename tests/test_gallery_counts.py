@@ -9,6 +9,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
+from gallery.apps import reinstall_triggers
 from gallery.models import GalleryCounts, Generation
 from tests.factories import done_generation, make_generation
 
@@ -213,3 +214,20 @@ def test_it_costs_the_same_queries_at_10_and_at_300_generations(client, alice, p
     small = queries(client, path, htmx)
     add_generations(alice, 290)
     assert queries(client, path, htmx) == small
+
+
+def test_it_puts_back_the_triggers_that_an_altered_table_lost_on_sqlite(alice):
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite rebuilds a table to alter it; PostgreSQL keeps its triggers")
+    with connection.cursor() as cursor:
+        # As Django's SQLite schema editor leaves the table after altering it.
+        cursor.execute("DROP TRIGGER gallery_counts_insert")
+        cursor.execute("DROP TRIGGER gallery_prompt_index_insert")
+    reinstall_triggers(using="default")
+    make_generation(alice, "a paper crane")
+    assert GalleryCounts.of(alice)["total"] == 1
+    assert found_prompts("paper cr") == ["a paper crane"]
+
+
+def found_prompts(text: str) -> list[str]:
+    return list(Generation.objects.search(text).values_list("prompt", flat=True))
