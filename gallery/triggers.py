@@ -17,7 +17,8 @@ from __future__ import annotations
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 # 'done' and 'failed' are Generation.Status.DONE and FAILED: a change of status between two
-# unfinished states (most of a generation's writes) touches no counter and locks no row.
+# unfinished states (most of a generation's writes) touches no counter and locks no row, on
+# either database.
 SQLITE = [
     """
     CREATE TRIGGER IF NOT EXISTS gallery_counts_insert AFTER INSERT ON gallery_generation
@@ -106,50 +107,81 @@ SQLITE_DROP = [
     "DROP TABLE IF EXISTS gallery_prompt_index",
 ]
 
+# Statement triggers with transition tables: one UPDATE of each owner's row per statement,
+# however many rows it wrote (a row trigger would update one counter row 100,000 times in a bulk
+# import, each new version of it in the same transaction found at the end of a longer chain).
+# Rows are locked in owner order, so that two statements never wait for each other's. A
+# delete only ever updates: the row may be gone already with its deleted account.
+_DELTAS = """
+    SELECT owner_id, SUM(total) AS total, SUM(done) AS done, SUM(failed) AS failed,
+        SUM(favorites) AS favorites
+    FROM (%s) AS changes GROUP BY owner_id
+"""
+_ADDED = """
+    SELECT owner_id, 1 AS total, (status = 'done')::int AS done,
+        (status = 'failed')::int AS failed, is_favorite::int AS favorites
+    FROM added
+"""
+_REMOVED = """
+    SELECT owner_id, -1 AS total, -(status = 'done')::int AS done,
+        -(status = 'failed')::int AS failed, -is_favorite::int AS favorites
+    FROM removed
+"""
+_UPSERT = """
+    INSERT INTO gallery_gallerycounts AS counts (owner_id, total, done, failed, favorites)
+    SELECT * FROM (%s) AS deltas
+    WHERE total != 0 OR done != 0 OR failed != 0 OR favorites != 0
+    ORDER BY owner_id
+    ON CONFLICT (owner_id) DO UPDATE SET
+        total = counts.total + excluded.total,
+        done = counts.done + excluded.done,
+        failed = counts.failed + excluded.failed,
+        favorites = counts.favorites + excluded.favorites
+"""
+_SUBTRACT = """
+    UPDATE gallery_gallerycounts AS counts SET
+        total = counts.total + deltas.total,
+        done = counts.done + deltas.done,
+        failed = counts.failed + deltas.failed,
+        favorites = counts.favorites + deltas.favorites
+    FROM (
+        SELECT owner_id FROM gallery_gallerycounts
+        WHERE owner_id IN (SELECT owner_id FROM removed)
+        ORDER BY owner_id FOR UPDATE
+    ) AS locked, (%s) AS deltas
+    WHERE counts.owner_id = locked.owner_id AND deltas.owner_id = locked.owner_id
+"""
+
 POSTGRESQL = [
-    """
-    CREATE OR REPLACE FUNCTION gallery_count_generation() RETURNS trigger
+    f"""
+    CREATE OR REPLACE FUNCTION gallery_count_generations() RETURNS trigger
     LANGUAGE plpgsql AS $$
     BEGIN
-        IF TG_OP IN ('UPDATE', 'DELETE') THEN
-            UPDATE gallery_gallerycounts SET
-                total = total - 1,
-                done = done - (OLD.status = 'done')::int,
-                failed = failed - (OLD.status = 'failed')::int,
-                favorites = favorites - OLD.is_favorite::int
-            WHERE owner_id = OLD.owner_id;
-        END IF;
-        IF TG_OP IN ('INSERT', 'UPDATE') THEN
-            INSERT INTO gallery_gallerycounts AS counts (owner_id, total, done, failed, favorites)
-            VALUES (
-                NEW.owner_id, 1, (NEW.status = 'done')::int, (NEW.status = 'failed')::int,
-                NEW.is_favorite::int
-            )
-            ON CONFLICT (owner_id) DO UPDATE SET
-                total = counts.total + 1,
-                done = counts.done + excluded.done,
-                failed = counts.failed + excluded.failed,
-                favorites = counts.favorites + excluded.favorites;
+        IF TG_OP = 'INSERT' THEN
+            {_UPSERT % (_DELTAS % _ADDED)};
+        ELSIF TG_OP = 'UPDATE' THEN
+            {_UPSERT % (_DELTAS % (_ADDED + " UNION ALL " + _REMOVED))};
+        ELSE
+            {_SUBTRACT % (_DELTAS % _REMOVED)};
         END IF;
         RETURN NULL;
     END
     $$
     """,
     """
-    CREATE OR REPLACE TRIGGER gallery_counts_insert_delete
-    AFTER INSERT OR DELETE ON gallery_generation
-    FOR EACH ROW EXECUTE FUNCTION gallery_count_generation()
+    CREATE OR REPLACE TRIGGER gallery_counts_insert AFTER INSERT ON gallery_generation
+    REFERENCING NEW TABLE AS added
+    FOR EACH STATEMENT EXECUTE FUNCTION gallery_count_generations()
     """,
     """
-    CREATE OR REPLACE TRIGGER gallery_counts_update
-    AFTER UPDATE OF owner_id, status, is_favorite ON gallery_generation
-    FOR EACH ROW WHEN (
-        OLD.owner_id != NEW.owner_id
-        OR (OLD.status = 'done') != (NEW.status = 'done')
-        OR (OLD.status = 'failed') != (NEW.status = 'failed')
-        OR OLD.is_favorite != NEW.is_favorite
-    )
-    EXECUTE FUNCTION gallery_count_generation()
+    CREATE OR REPLACE TRIGGER gallery_counts_update AFTER UPDATE ON gallery_generation
+    REFERENCING OLD TABLE AS removed NEW TABLE AS added
+    FOR EACH STATEMENT EXECUTE FUNCTION gallery_count_generations()
+    """,
+    """
+    CREATE OR REPLACE TRIGGER gallery_counts_delete AFTER DELETE ON gallery_generation
+    REFERENCING OLD TABLE AS removed
+    FOR EACH STATEMENT EXECUTE FUNCTION gallery_count_generations()
     """,
     # pg_trgm is a trusted extension: the database's owner may create it, no superuser needed.
     "CREATE EXTENSION IF NOT EXISTS pg_trgm",
@@ -161,9 +193,10 @@ POSTGRESQL = [
 
 POSTGRESQL_DROP = [
     "DROP INDEX IF EXISTS gen_prompt_trigram",
+    "DROP TRIGGER IF EXISTS gallery_counts_insert ON gallery_generation",
     "DROP TRIGGER IF EXISTS gallery_counts_update ON gallery_generation",
-    "DROP TRIGGER IF EXISTS gallery_counts_insert_delete ON gallery_generation",
-    "DROP FUNCTION IF EXISTS gallery_count_generation()",
+    "DROP TRIGGER IF EXISTS gallery_counts_delete ON gallery_generation",
+    "DROP FUNCTION IF EXISTS gallery_count_generations()",
 ]
 
 
