@@ -73,11 +73,17 @@ def _pending_ids(user) -> list[int]:
     )
 
 
-def _gallery_page(request: HttpRequest, filters: GalleryFilterForm, rows: int) -> dict:
+def _gallery_page(
+    request: HttpRequest, filters: GalleryFilterForm, rows: int, newest: list[int] | None = None
+) -> dict:
     """One page of the gallery, keyset-paged on the id so its cost stays flat; `rows`: how
-    many generations the user has."""
-    generations = filters.filter(Generation.objects.owned_by(request.user), rows)
-    generations = generations.before(filters.cursor())
+    many generations the user has; `newest`: the ids of what the filters match, newest first,
+    if they were read already (at least a page and one more, or all)."""
+    if newest is None:
+        generations = filters.filter(Generation.objects.owned_by(request.user), rows)
+        generations = generations.before(filters.cursor())
+    else:
+        generations = Generation.objects.filter(pk__in=newest[: PAGE_SIZE + 1]).order_by("-id")
     page = list(generations.prefetch_related("images")[: PAGE_SIZE + 1])
     more = len(page) > PAGE_SIZE
     page = page[:PAGE_SIZE]
@@ -92,25 +98,37 @@ def _gallery_page(request: HttpRequest, filters: GalleryFilterForm, rows: int) -
     }
 
 
-def _shown(request: HttpRequest, filters: GalleryFilterForm, counts: dict[str, int]) -> str:
+def _matching(
+    request: HttpRequest, filters: GalleryFilterForm, counts: dict[str, int]
+) -> tuple[str, list[int] | None]:
     """How many generations the filters match, for "8 of 65 shown": a counter when it is the
-    same thing (one status, or the favourites), else counted up to MAX_COUNTED."""
+    same thing (one status, or the favourites), else counted up to MAX_COUNTED; and the ids
+    it counted, newest first, if it did.
+
+    The ids rather than a count, because the first page is among them, and because asking
+    for the newest MAX_COUNTED + 1 makes PostgreSQL read a search's few matches from the
+    trigram index and sort them, where for one page it may walk the gallery back from the
+    newest (the cheaper plan when matches are spread evenly, and a slow one when they
+    happen to be old)."""
     if counter := filters.counter():
-        return str(counts[counter])
+        return str(counts[counter]), None
     matching = filters.filter(Generation.objects.owned_by(request.user), counts["total"])
-    found = matching[: MAX_COUNTED + 1].count()
-    return f"{MAX_COUNTED}+" if found > MAX_COUNTED else str(found)
+    ids = list(matching.values_list("pk", flat=True)[: max(MAX_COUNTED, PAGE_SIZE) + 1])
+    return (f"{MAX_COUNTED}+" if len(ids) > MAX_COUNTED else str(len(ids))), ids
 
 
 def _gallery_context(request: HttpRequest, form: GenerationForm) -> dict:
     filters = GalleryFilterForm(request.GET)
     counts = GalleryCounts.of(request.user)
+    shown, newest = _matching(request, filters, counts) if filters.is_filtered else (None, None)
+    if filters.cursor() is not None:
+        newest = None  # a later page: not among the newest
     return {
         "form": form,
         "filters": filters,
         "counts": counts,
-        "shown": _shown(request, filters, counts) if filters.is_filtered else None,
-        **_gallery_page(request, filters, counts["total"]),
+        "shown": shown,
+        **_gallery_page(request, filters, counts["total"], newest),
     }
 
 

@@ -124,6 +124,7 @@ def test_it_counts_what_a_search_finds_up_to_a_limit(client, alice, monkeypatch)
     client.force_login(alice)
     html = client.get("/", {"q": "owl"}).content.decode()
     assert "<strong>5+</strong> of 10 shown" in html
+    assert html.count('<article id="card-') == 7  # all of them shown all the same
     html = client.get("/", {"q": "bat"}).content.decode()
     assert "<strong>3</strong> of 10 shown" in html
     # A status alone is its counter, exact however many.
