@@ -157,10 +157,12 @@ class GalleryFilterForm(forms.Form):
         kwargs.setdefault("auto_id", "filter_%s")
         super().__init__(*args, **kwargs)
 
-    def filter(self, queryset: GenerationQuerySet) -> GenerationQuerySet:
-        """Apply the valid filters; a bad value is ignored rather than shown as an error."""
+    def filter(self, queryset: GenerationQuerySet, rows: int | None = None) -> GenerationQuerySet:
+        """Apply the valid filters; a bad value is ignored rather than shown as an error.
+        `rows`: how many generations the queryset holds, if known (for the search)."""
         data = self.cleaned_data if self.is_valid() else {}
-        queryset = queryset.search(data.get("q", "").strip()).with_status(data.get("status", ""))
+        queryset = queryset.search(data.get("q", "").strip(), rows)
+        queryset = queryset.with_status(data.get("status", ""))
         if data.get("favorites"):
             queryset = queryset.favorites()
         if data.get("aspect_ratio"):
@@ -175,6 +177,19 @@ class GalleryFilterForm(forms.Form):
         return any(
             data.get(name) for name in ("q", "status", "favorites", "aspect_ratio", "resolution")
         )
+
+    def counter(self) -> str:
+        """The gallery counter (GalleryCounts.of) that is just what the filters pick, if one
+        is: a status group alone, or the favourites alone; else ""."""
+        data = self.cleaned_data if self.is_valid() else {}
+        on = {
+            name
+            for name in ("q", "status", "favorites", "aspect_ratio", "resolution")
+            if data.get(name)
+        }
+        if on == {"status"}:
+            return data["status"]
+        return "favorites" if on == {"favorites"} else ""
 
     def cursor(self) -> int | None:
         return self.cleaned_data.get("before") if self.is_valid() else None

@@ -18,8 +18,18 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
-from django.db import models, transaction
-from django.db.models import Count, F, Max, Min, OuterRef, Q, Subquery, Sum
+from django.db import connection, models, transaction
+from django.db.models import (
+    Count,
+    ExpressionWrapper,
+    F,
+    Max,
+    Min,
+    OuterRef,
+    Q,
+    Subquery,
+    Sum,
+)
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.dateformat import format as date_format
@@ -337,6 +347,11 @@ def _spent_and_sending(owners: list[int], now: datetime) -> list[tuple[int, int]
     )
 
 
+# A gallery this small is searched prompt by prompt on SQLite (GenerationQuerySet.search):
+# about 1 ms at 500 bytes a prompt.
+SEARCH_SCAN_ROWS = 2000
+
+
 class GenerationQuerySet(models.QuerySet):
     def owned_by(self, user) -> GenerationQuerySet:
         return self.filter(owner=user)
@@ -383,13 +398,41 @@ class GenerationQuerySet(models.QuerySet):
         return self.filter(status=Generation.Status.SUBMITTING).unleased(now)
 
     def pending(self) -> GenerationQuerySet:
-        return self.exclude(status__in=Generation.FINISHED)
+        return self.filter(unfinished=True)
 
     def finished(self) -> GenerationQuerySet:
         return self.filter(status__in=Generation.FINISHED)
 
-    def search(self, text: str) -> GenerationQuerySet:
-        return self.filter(prompt__icontains=text) if text else self
+    def search(self, text: str, rows: int | None = None) -> GenerationQuerySet:
+        """Generations whose prompt contains `text` (a word, part of one or a phrase), in any
+        case, newest first. `rows`: how many generations there are to search (the owner's
+        gallery), if known.
+
+        From three characters on, an index answers (gallery.triggers): PostgreSQL's trigram
+        index serves `icontains` as it is, its planner choosing when. SQLite's has to be
+        chosen here: the FTS5 table drives the query in its rowid (the generation's id)
+        order, so that a page stops after its last card whether the text is in every prompt
+        or in a few; but it reads the matches of every gallery, so a gallery of up to
+        SEARCH_SCAN_ROWS is read prompt by prompt instead, which costs less. Shorter texts
+        have no trigram to look up and are always compared prompt by prompt."""
+        if not text:
+            return self
+        small = rows is not None and rows <= SEARCH_SCAN_ROWS
+        if connection.vendor != "sqlite" or len(text) < 3 or small:
+            return self.filter(prompt__icontains=text)
+        phrase = '"' + text.replace('"', '""') + '"'
+        return self.filter(prompt_index__prompt__match=phrase).order_by(
+            "-prompt_index__generation_id"
+        )
+
+    def before(self, cursor: int | None) -> GenerationQuerySet:
+        """Those older than generation `cursor`: the keyset of the gallery's pages. A search on
+        SQLite bounds the prompt index's rowid too, which its plan reads in order."""
+        if cursor is None:
+            return self
+        if PromptIndex._meta.db_table in self.query.alias_map:
+            return self.filter(pk__lt=cursor, prompt_index__generation_id__lt=cursor)
+        return self.filter(pk__lt=cursor)
 
     def with_status(self, status: str) -> GenerationQuerySet:
         """Filter by the gallery's status groups: pending, done or failed."""
@@ -402,14 +445,18 @@ class GenerationQuerySet(models.QuerySet):
     def favorites(self) -> GenerationQuerySet:
         return self.filter(is_favorite=True)
 
-    def counts(self) -> dict[str, int]:
-        """All the gallery's counters in one query."""
-        return self.aggregate(
-            total=Count("id"),
-            pending=Count("id", filter=~Q(status__in=Generation.FINISHED)),
-            done=Count("id", filter=Q(status=Generation.Status.DONE)),
-            failed=Count("id", filter=Q(status=Generation.Status.FAILED)),
-            favorites=Count("id", filter=Q(is_favorite=True)),
+    def counts_by_owner(self) -> GenerationQuerySet:
+        """The stored counters of GalleryCounts, counted afresh over these rows, per owner."""
+        return (
+            self.order_by()
+            .values("owner")
+            .annotate(
+                total=Count("id"),
+                done=Count("id", filter=Q(status=Generation.Status.DONE)),
+                failed=Count("id", filter=Q(status=Generation.Status.FAILED)),
+                favorites=Count("id", filter=Q(is_favorite=True)),
+            )
+            .order_by("owner")
         )
 
     def delete_with_files(self) -> int:
@@ -645,6 +692,13 @@ class Generation(models.Model):
     # The form post (1-4 variations of one prompt) this generation came from: the gallery shows
     # a post's variations as one group. Empty for a generation made on its own (a re-run).
     post = models.UUIDField(null=True, blank=True, editable=False, db_index=True)
+    # Kept by the database from the status, for the partial index of the gallery's "in
+    # progress": a condition on a status parameter is one SQLite cannot match to an index's.
+    unfinished = models.GeneratedField(
+        expression=ExpressionWrapper(Q(status__in=PENDING), output_field=models.BooleanField()),
+        output_field=models.BooleanField(),
+        db_persist=True,
+    )
 
     created_at = models.DateTimeField(default=timezone.now)
     # When this try was queued: at creation, and again at each retry. A card's clock, the
@@ -678,7 +732,20 @@ class Generation(models.Model):
         ordering = ["-id"]
         indexes = [
             models.Index(fields=["owner", "-id"], name="gen_owner_newest"),
-            models.Index(fields=["owner", "status"], name="gen_owner_status"),
+            # The gallery's filters, each read newest first and stopped after a page, however
+            # big the gallery: by status, in progress, favourites.
+            models.Index(fields=["owner", "status", "-id"], name="gen_owner_status_newest"),
+            models.Index(
+                fields=["owner", "-id"], condition=Q(unfinished=True), name="gen_owner_pending"
+            ),
+            models.Index(
+                fields=["owner", "-id"], condition=Q(is_favorite=True), name="gen_owner_favorites"
+            ),
+            models.Index(
+                fields=["owner", "status", "-id"],
+                condition=Q(is_favorite=True),
+                name="gen_owner_favorite_status",
+            ),
             # The workers: what is due, whoever owns it.
             models.Index(fields=["status", "next_poll_at"], name="gen_status_poll"),
             models.Index(fields=["status", "retry_at"], name="gen_status_retry"),
@@ -1054,6 +1121,90 @@ class Generation(models.Model):
     def is_past_deadline(self, now: datetime) -> bool:
         started = self.submitted_at or self.queued_at
         return (now - started).total_seconds() > settings.AIGPTIMAGE_TASK_DEADLINE
+
+
+class GalleryCounts(models.Model):
+    """The counters above a user's gallery, kept by the database as generations are made,
+    change state, are favourited and deleted (triggers, gallery.triggers), so that no page
+    counts the rows of a gallery of any size. `manage.py recount_gallery` repairs them."""
+
+    owner = models.OneToOneField(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        primary_key=True,
+        related_name="gallery_counts",
+    )
+    # Plain integers, not positive ones: a counter that is off must never make a write fail.
+    total = models.IntegerField(default=0)
+    done = models.IntegerField(default=0)
+    failed = models.IntegerField(default=0)
+    favorites = models.IntegerField(default=0)
+
+    class Meta:
+        verbose_name = "gallery counts"
+        verbose_name_plural = "gallery counts"
+
+    def __str__(self) -> str:
+        return f"Gallery counts of user {self.owner_id}"
+
+    @classmethod
+    def of(cls, user) -> dict[str, int]:
+        """The user's counters, as the gallery shows them: one read of one row."""
+        row = cls.objects.filter(owner=user).values("total", "done", "failed", "favorites")
+        counts = row.first() or {"total": 0, "done": 0, "failed": 0, "favorites": 0}
+        return {**counts, "pending": counts["total"] - counts["done"] - counts["failed"]}
+
+    @classmethod
+    def recount(cls, owner_id: int) -> bool:
+        """Count the user's generations afresh, and store the counters if they were off;
+        True if they were. Safe while the gallery is in use: the user's counter row is locked
+        first, so a generation written meanwhile is counted either here (committed before
+        the lock) or by its trigger afterwards (which waits for the lock), never both."""
+        fields = ("total", "done", "failed", "favorites")
+        with transaction.atomic():
+            cls.objects.get_or_create(owner_id=owner_id)
+            stored = cls.objects.select_for_update().values(*fields).get(owner_id=owner_id)
+            fresh = Generation.objects.filter(owner_id=owner_id).counts_by_owner().first()
+            fresh = {k: fresh[k] for k in fields} if fresh else dict.fromkeys(fields, 0)
+            if fresh == stored:
+                return False
+            cls.objects.filter(owner_id=owner_id).update(**fresh)
+        return True
+
+
+class IndexedText(models.TextField):
+    """A column of an FTS5 table, which `__match` searches."""
+
+
+@IndexedText.register_lookup
+class Match(models.Lookup):
+    """`column__match=query`: an FTS5 full-text query."""
+
+    lookup_name = "match"
+
+    def as_sql(self, compiler, connection) -> tuple[str, list]:
+        lhs, lhs_params = self.process_lhs(compiler, connection)
+        rhs, rhs_params = self.process_rhs(compiler, connection)
+        return f"{lhs} MATCH {rhs}", [*lhs_params, *rhs_params]
+
+
+class PromptIndex(models.Model):
+    """SQLite's FTS5 index of the prompts (gallery.triggers; none on PostgreSQL): a model only
+    so that a search can join it, and read it in its own order."""
+
+    generation = models.OneToOneField(
+        Generation,
+        on_delete=models.DO_NOTHING,
+        primary_key=True,
+        db_column="rowid",
+        db_constraint=False,
+        related_name="prompt_index",
+    )
+    prompt = IndexedText()
+
+    class Meta:
+        managed = False
+        db_table = "gallery_prompt_index"
 
 
 # Limits on making generations: every way of making one (a post, a re-run, a retry, and any

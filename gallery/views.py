@@ -37,11 +37,22 @@ from gallery.forms import (
     parse_id,
     parse_ids,
 )
-from gallery.models import Generation, Image, ImageQuerySet, LimitReached, ShareLink, wait_words
+from gallery.models import (
+    GalleryCounts,
+    Generation,
+    Image,
+    ImageQuerySet,
+    LimitReached,
+    ShareLink,
+    wait_words,
+)
 from gallery.provenance import Provenance
 
 PAGE_SIZE = 24
 MAX_WATCHED = 100
+# "1000+ of 100000 shown": a filter's matches are counted this far and no further, so that the
+# count costs the same in a gallery of any size.
+MAX_COUNTED = 1000
 SETTINGS_FIELDS = ["aspect_ratio", "resolution", "output_format"]
 
 
@@ -76,11 +87,17 @@ def _pending_ids(user) -> list[int]:
     )
 
 
-def _gallery_page(request: HttpRequest, filters: GalleryFilterForm) -> dict:
-    """One page of the gallery, keyset-paged on the id so its cost stays flat."""
-    generations = filters.filter(Generation.objects.owned_by(request.user))
-    if cursor := filters.cursor():
-        generations = generations.filter(pk__lt=cursor)
+def _gallery_page(
+    request: HttpRequest, filters: GalleryFilterForm, rows: int, newest: list[int] | None = None
+) -> dict:
+    """One page of the gallery, keyset-paged on the id so its cost stays flat; `rows`: how
+    many generations the user has; `newest`: the ids of what the filters match, newest first,
+    if they were read already (at least a page and one more, or all)."""
+    if newest is None:
+        generations = filters.filter(Generation.objects.owned_by(request.user), rows)
+        generations = generations.before(filters.cursor())
+    else:
+        generations = Generation.objects.filter(pk__in=newest[: PAGE_SIZE + 1]).order_by("-id")
     page = list(generations.prefetch_related("images")[: PAGE_SIZE + 1])
     more = len(page) > PAGE_SIZE
     page = page[:PAGE_SIZE]
@@ -95,16 +112,37 @@ def _gallery_page(request: HttpRequest, filters: GalleryFilterForm) -> dict:
     }
 
 
+def _matching(
+    request: HttpRequest, filters: GalleryFilterForm, counts: dict[str, int]
+) -> tuple[str, list[int] | None]:
+    """How many generations the filters match, for "8 of 65 shown": a counter when it is the
+    same thing (one status, or the favourites), else counted up to MAX_COUNTED; and the ids
+    it counted, newest first, if it did.
+
+    The ids rather than a count, because the first page is among them, and because asking
+    for the newest MAX_COUNTED + 1 makes PostgreSQL read a search's few matches from the
+    trigram index and sort them, where for one page it may walk the gallery back from the
+    newest (the cheaper plan when matches are spread evenly, and a slow one when they
+    happen to be old)."""
+    if counter := filters.counter():
+        return str(counts[counter]), None
+    matching = filters.filter(Generation.objects.owned_by(request.user), counts["total"])
+    ids = list(matching.values_list("pk", flat=True)[: max(MAX_COUNTED, PAGE_SIZE) + 1])
+    return (f"{MAX_COUNTED}+" if len(ids) > MAX_COUNTED else str(len(ids))), ids
+
+
 def _gallery_context(request: HttpRequest, form: GenerationForm) -> dict:
     filters = GalleryFilterForm(request.GET)
-    mine = Generation.objects.owned_by(request.user)
+    counts = GalleryCounts.of(request.user)
+    shown, newest = _matching(request, filters, counts) if filters.is_filtered else (None, None)
+    if filters.cursor() is not None:
+        newest = None  # a later page: not among the newest
     return {
         "form": form,
         "filters": filters,
-        "counts": mine.counts(),
-        # "8 of 65 shown" when a filter is on.
-        "shown": filters.filter(mine).count() if filters.is_filtered else None,
-        **_gallery_page(request, filters),
+        "counts": counts,
+        "shown": shown,
+        **_gallery_page(request, filters, counts["total"], newest),
     }
 
 
@@ -126,7 +164,8 @@ def _client_address(request: HttpRequest) -> str:
 def index(request: HttpRequest) -> HttpResponse:
     if request.htmx and "before" in request.GET:
         # Infinite scroll: the next page of cards and the loader for the one after.
-        page = _gallery_page(request, GalleryFilterForm(request.GET))
+        rows = GalleryCounts.of(request.user)["total"]
+        page = _gallery_page(request, GalleryFilterForm(request.GET), rows)
         return render(request, "gallery/index.html#page", {**page, "next_page": True})
     form = GenerationForm(initial=_remix_initial(request))
     return render(request, "gallery/index.html", _gallery_context(request, form))
@@ -154,7 +193,7 @@ def create(request: HttpRequest) -> HttpResponse:
         "generations": generations,
         "form": GenerationForm(initial={k: form.cleaned_data[k] for k in SETTINGS_FIELDS}),
         "pending_ids": _pending_ids(request.user),
-        "counts": Generation.objects.owned_by(request.user).counts(),
+        "counts": GalleryCounts.of(request.user),
     }
     return render(request, "gallery/index.html#created", context)
 
@@ -170,7 +209,7 @@ def updates(request: HttpRequest) -> HttpResponse:
     context = {"generations": generations, "pending_ids": pending_ids}
     if len(pending_ids) < len(generations):
         # Something finished since the last refresh: the counters changed too.
-        context["counts"] = Generation.objects.owned_by(request.user).counts()
+        context["counts"] = GalleryCounts.of(request.user)
     return render(request, "gallery/index.html#updates", context)
 
 
@@ -244,7 +283,7 @@ def favorite(request: HttpRequest, pk: int) -> HttpResponse:
             "labelled": "labelled" in request.POST,
             # The gallery's counters follow at once (an out-of-band swap).
             "favorite_changed": True,
-            "counts": Generation.objects.owned_by(request.user).counts(),
+            "counts": GalleryCounts.of(request.user),
         }
         return render(request, "gallery/index.html#favorite", context)
     return redirect(_next_url(request, generation.get_absolute_url()))
