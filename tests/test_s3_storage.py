@@ -5,9 +5,8 @@ its thumbnails in the bucket; the owner's image and thumbnails, and a share link
 stranger, are redirects to short-lived presigned URLs that the bucket answers with the right
 bytes, type and file name; another user gets 404; a revoked link hands out no more URLs;
 deleting removes the objects; `rebuild_thumbnails` works there; an album link serves its images
-from the bucket too. Finished generations come from
-tests/factories.py (written to the bucket as the pipeline writes them) except in the pipeline
-test.
+from the bucket too. Finished generations come from tests/factories.py (written to the bucket as
+the pipeline writes them) except in the pipeline test.
 """
 
 from __future__ import annotations
