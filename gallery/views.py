@@ -359,12 +359,14 @@ def collection_detail(request: HttpRequest, pk: int) -> HttpResponse:
         page = _gallery_page(request, GalleryFilterForm(request.GET), generations)
         context = {**page, "next_page": True, "in_collection": collection.pk}
         return render(request, "gallery/index.html#page", context)
+    links = list(collection.share_links.all())
     context = {
         **_grid_context(request, generations),
         "collection": collection,
         "in_collection": collection.pk,
         "share_form": ShareLinkForm(),
-        "links": list(collection.share_links.all()),
+        "links": links,
+        "active_links": sum(link.is_active for link in links),
     }
     return render(request, "gallery/collection.html", context)
 

@@ -405,9 +405,10 @@ def test_it_lists_album_links_with_the_image_links(client, alice, album, image):
     share(client, image)
     html = client.get(reverse("gallery:shares")).content.decode()
     assert link.token in html
-    assert 'aria-label="Open the collection Bakery"' in html
+    assert 'aria-label="Album: open the collection Bakery"' in html
     html = client.get(album.get_absolute_url()).content.decode()
     assert f'id="link-{link.pk}"' in html and "Revoke" in html
+    assert "· 1 active link</span>" in html
 
 
 def test_it_checks_ownership_of_album_links(client, alice, bob, album):
