@@ -399,21 +399,8 @@ def open_viewer(page) -> None:
     page.wait_for_function("() => document.activeElement?.closest('.pswp') !== null")
 
 
-@pytest.mark.parametrize("scheme", SCHEMES)
-@pytest.mark.parametrize("viewport", VIEWPORTS, ids=["desktop", "phone"])
-def test_it_draws_every_page_whole_and_accessible(stack, browser, gallery, viewport, scheme):
-    pages = {
-        "gallery": "/",
-        "viewer": "/",
-        "detail": f"/generations/{gallery['detail']}/",
-        "shares": "/shares/",
-        "share": f"/s/{gallery['token']}/",
-        "collections": "/collections/",
-        "collection": f"/collections/{gallery['collection']}/",
-        "album": f"/s/{gallery['album']}/",
-        "account": "/accounts/",
-        "usage": "/usage/",
-    }
+def draw_pages(stack, browser, gallery, viewport, scheme, pages: dict[str, str]) -> None:
+    """Each page whole (check_page), screenshotted, axe-clean and without a CSP violation."""
     context = browser.new_context(
         storage_state=gallery["state"],
         viewport=dict(zip(("width", "height"), viewport, strict=True)),
@@ -436,6 +423,34 @@ def test_it_draws_every_page_whole_and_accessible(stack, browser, gallery, viewp
     assert not problems, problems
     assert not violations, violations
     context.close()
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("viewport", VIEWPORTS, ids=["desktop", "phone"])
+def test_it_draws_every_page_whole_and_accessible(stack, browser, gallery, viewport, scheme):
+    pages = {
+        "gallery": "/",
+        "viewer": "/",
+        "detail": f"/generations/{gallery['detail']}/",
+        "shares": "/shares/",
+        "share": f"/s/{gallery['token']}/",
+        "account": "/accounts/",
+        "usage": "/usage/",
+    }
+    draw_pages(stack, browser, gallery, viewport, scheme, pages)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("viewport", VIEWPORTS, ids=["desktop", "phone"])
+def test_it_draws_the_collection_pages_whole_and_accessible(
+    stack, browser, gallery, viewport, scheme
+):
+    pages = {
+        "collections": "/collections/",
+        "collection": f"/collections/{gallery['collection']}/",
+        "album": f"/s/{gallery['album']}/",
+    }
+    draw_pages(stack, browser, gallery, viewport, scheme, pages)
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)

@@ -8,7 +8,8 @@ import re
 from datetime import timedelta
 
 import pytest
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
@@ -425,3 +426,21 @@ def test_it_points_a_link_at_an_image_or_a_collection_never_both(alice, album, i
     for targets in ({"image": image, "collection": album}, {}):
         with pytest.raises(IntegrityError), transaction.atomic():
             ShareLink.objects.create(**targets)
+
+
+def test_it_has_a_constant_number_of_queries_per_album_page(client, alice, album):
+    link = ShareLink.objects.create(collection=album)
+    client.get(f"/s/{link.token}/")
+
+    def grow(to: int) -> None:
+        for i in range(album.items.count(), to):
+            album.add(Generation.objects.filter(pk=done_generation(alice, f"loaf {i}").pk))
+
+    grow(10)
+    with CaptureQueriesContext(connection) as few:
+        assert client.get(f"/s/{link.token}/").status_code == 200
+    grow(50)
+    with CaptureQueriesContext(connection) as many:
+        response = client.get(f"/s/{link.token}/")
+    assert len(response.context["images"]) == PAGE_SIZE
+    assert len(many) == len(few)
