@@ -18,6 +18,8 @@ urlpatterns = [
     # Public share pages: the only pages besides the account pages that need no login.
     path("s/<str:token>/", views.share_page, name="share"),
     path("s/<str:token>/image", views.share_image, name="share_image"),
+    path("s/<str:token>/images/<id:pk>", views.album_image, name="album_image"),
+    path("s/<str:token>/images/<id:pk>/thumbnail", views.album_thumbnail, name="album_thumbnail"),
     path("", include("accounts.urls")),
     path("", include("ledger.urls")),
     path("", include("gallery.urls")),

@@ -7,7 +7,14 @@ from django import forms
 from django.utils import timezone
 
 from gallery import provider
-from gallery.models import Generation, GenerationQuerySet, Image, ShareLink, reserve
+from gallery.models import (
+    Collection,
+    Generation,
+    GenerationQuerySet,
+    Image,
+    ShareLink,
+    reserve,
+)
 
 ASPECT_RATIO_LABELS = {
     "auto": "Auto (square)",
@@ -210,28 +217,23 @@ class ShareLinkForm(forms.Form):
         choices=EXPIRY_CHOICES, coerce=int, empty_value=None, required=False, label="Expiry"
     )
 
-    def save_for(self, image: Image) -> ShareLink:
+    def save_for(self, target: Image | Collection) -> ShareLink:
+        """A link to an image, or an album link to a collection, with the options chosen."""
         hours = self.cleaned_data["expires_in_hours"]
+        kind = "collection" if isinstance(target, Collection) else "image"
         return ShareLink.objects.create(
-            image=image,
+            **{kind: target},
             show_prompt=self.cleaned_data["show_prompt"],
             expires_at=timezone.now() + timedelta(hours=hours) if hours else None,
         )
 
 
-class BulkActionForm(forms.Form):
-    ACTIONS = [
-        ("favorite", "Favourite"),
-        ("unfavorite", "Unfavourite"),
-        ("export", "Download zip"),
-        ("delete", "Delete"),
-    ]
+class SelectionForm(forms.Form):
+    """The generations picked in select mode."""
 
-    action = forms.ChoiceField(choices=ACTIONS, error_messages={"required": "Choose an action."})
     ids = forms.TypedMultipleChoiceField(
         coerce=int, error_messages={"required": "Select at least one image first."}
     )
-    confirm = forms.BooleanField(required=False)
 
     def __init__(self, *args, queryset: GenerationQuerySet, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -241,3 +243,91 @@ class BulkActionForm(forms.Form):
 
     def selected(self) -> GenerationQuerySet:
         return self.queryset.filter(pk__in=self.cleaned_data["ids"])
+
+
+class BulkActionForm(SelectionForm):
+    ACTIONS = [
+        ("favorite", "Favourite"),
+        ("unfavorite", "Unfavourite"),
+        ("export", "Download zip"),
+        ("delete", "Delete"),
+    ]
+
+    action = forms.ChoiceField(choices=ACTIONS, error_messages={"required": "Choose an action."})
+    confirm = forms.BooleanField(required=False)
+
+
+NAME_ERRORS = {
+    "required": "Name the collection.",
+    "max_length": "A collection's name is at most %(limit_value)d characters long "
+    "(this one has %(show_value)d).",
+}
+
+
+class CollectionForm(forms.ModelForm):
+    """A new collection, or a renamed one: a name unique to its owner, whatever its case."""
+
+    name = forms.CharField(max_length=100, error_messages=NAME_ERRORS)
+    description = forms.CharField(
+        required=False,
+        max_length=1000,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        error_messages={
+            "max_length": "Keep the description to %(limit_value)d characters "
+            "(it has %(show_value)d)."
+        },
+    )
+
+    class Meta:
+        model = Collection
+        fields = ["name", "description"]
+
+    def __init__(self, *args, owner, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.instance.owner = owner
+
+    def clean_name(self) -> str:
+        name = self.cleaned_data["name"].strip()
+        taken = Collection.objects.owned_by(self.instance.owner).named(name)
+        if taken.exclude(pk=self.instance.pk).exists():
+            raise forms.ValidationError(f"You already have a collection named “{name}”.")
+        return name
+
+
+class CollectForm(forms.Form):
+    """Which collection to put images in (or take them out of): one of the user's, or a new
+    one by name (an existing one of that name, whatever its case, is used)."""
+
+    collection = forms.ModelChoiceField(
+        queryset=Collection.objects.none(),
+        required=False,
+        empty_label="Choose a collection",
+        error_messages={"invalid_choice": "That collection no longer exists."},
+    )
+    new_collection = forms.CharField(
+        required=False,
+        max_length=100,
+        label="Or a new collection",
+        error_messages=NAME_ERRORS,
+    )
+
+    def __init__(self, *args, owner, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.owner = owner
+        self.fields["collection"].queryset = Collection.objects.owned_by(owner)
+
+    def clean(self) -> dict:
+        data = super().clean()
+        if not self.errors and not data.get("collection") and not data.get("new_collection"):
+            raise forms.ValidationError("Choose a collection, or name a new one.")
+        return data
+
+    def collection_for(self) -> tuple[Collection, bool]:
+        """The chosen collection, made first if it is new; and whether it was made."""
+        if chosen := self.cleaned_data["collection"]:
+            return chosen, False
+        name = self.cleaned_data["new_collection"].strip()
+        # get_or_create, so that a double click makes one collection, not an error.
+        return Collection.objects.get_or_create(
+            owner=self.owner, name__iexact=name, defaults={"name": name}
+        )

@@ -30,6 +30,7 @@ from django.db.models import (
     Subquery,
     Sum,
 )
+from django.db.models.functions import Lower
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.dateformat import format as date_format
@@ -402,6 +403,17 @@ class GenerationQuerySet(models.QuerySet):
 
     def finished(self) -> GenerationQuerySet:
         return self.filter(status__in=Generation.FINISHED)
+
+    def counts(self) -> dict[str, int]:
+        """The counters of these generations in one aggregate query: for a collection's page.
+        The gallery's own come from GalleryCounts, which costs the same at any size."""
+        return self.aggregate(
+            total=Count("id"),
+            pending=Count("id", filter=~Q(status__in=Generation.FINISHED)),
+            done=Count("id", filter=Q(status=Generation.Status.DONE)),
+            failed=Count("id", filter=Q(status=Generation.Status.FAILED)),
+            favorites=Count("id", filter=Q(is_favorite=True)),
+        )
 
     def search(self, text: str, rows: int | None = None) -> GenerationQuerySet:
         """Generations whose prompt contains `text` (a word, part of one or a phrase), in any
@@ -782,7 +794,7 @@ class Generation(models.Model):
         the ratio asked for (square for "auto")."""
         image = next(iter(self.images.all()), None)
         if image is not None and image.height:
-            return aspect_class(image.width / image.height)
+            return image.shape_class
         if self.aspect_ratio in provider.ASPECT_RATIOS and self.aspect_ratio != "auto":
             return "ar-" + self.aspect_ratio.replace(":", "-")
         return "ar-1-1"
@@ -1640,6 +1652,11 @@ class Image(models.Model):
         return "jpg" if self.format == "JPEG" else self.format.lower()
 
     @property
+    def shape_class(self) -> str:
+        """The CSS class of a tile of this image's shape."""
+        return aspect_class(self.width / self.height) if self.height else "ar-1-1"
+
+    @property
     def download_name(self) -> str:
         """The file name its owner downloads it under: the prompt's first words, then which
         generation and which of its images it is."""
@@ -1742,9 +1759,123 @@ def new_share_token() -> str:
     return secrets.token_urlsafe(24)
 
 
+class CollectionQuerySet(models.QuerySet):
+    def owned_by(self, user) -> CollectionQuerySet:
+        return self.filter(owner=user)
+
+    def named(self, name: str) -> CollectionQuerySet:
+        """The collection of this name, whatever its case (names are unique that way)."""
+        return self.filter(name__iexact=name.strip())
+
+    def with_counts(self) -> CollectionQuerySet:
+        """Each with `item_count`, and `cover_generation_id`: the generation most recently
+        added that has its image (see `covers`). Both in the same one query."""
+        newest_done = (
+            CollectionItem.objects.filter(
+                collection=OuterRef("pk"), generation__status=Generation.Status.DONE
+            )
+            .order_by("-added_at", "-id")
+            .values("generation_id")[:1]
+        )
+        return self.annotate(
+            item_count=Count("items", distinct=True), cover_generation_id=Subquery(newest_done)
+        )
+
+
+class Collection(models.Model):
+    """A named set of its owner's generations (a board, a folder): one generation may be in
+    several, and deleting a collection never deletes what is in it."""
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="collections"
+    )
+    name = models.CharField(max_length=100)
+    description = models.TextField(blank=True, max_length=1000)
+    generations = models.ManyToManyField(
+        Generation, through="CollectionItem", related_name="collections"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = CollectionQuerySet.as_manager()
+
+    class Meta:
+        ordering = [Lower("name"), "id"]
+        constraints = [
+            models.UniqueConstraint("owner", Lower("name"), name="collection_unique_name_per_owner")
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def get_absolute_url(self) -> str:
+        return reverse("gallery:collection", args=[self.pk])
+
+    def add(self, generations: GenerationQuerySet) -> int:
+        """Put these generations in (those of other owners are left out); how many were not
+        in it yet."""
+        ids = generations.filter(owner_id=self.owner_id).values_list("pk", flat=True)
+        fresh = [
+            CollectionItem(collection=self, generation_id=pk)
+            for pk in ids.exclude(collection_items__collection=self)
+        ]
+        CollectionItem.objects.bulk_create(fresh, ignore_conflicts=True)
+        self.touch()
+        return len(fresh)
+
+    def remove(self, generations: GenerationQuerySet) -> int:
+        """Take these generations out (they stay in the gallery); how many were in it."""
+        removed, _ = self.items.filter(generation__in=generations).delete()
+        self.touch()
+        return removed
+
+    def touch(self) -> None:
+        Collection.objects.filter(pk=self.pk).update(updated_at=timezone.now())
+
+    def gallery(self) -> GenerationQuerySet:
+        """Its generations, as the gallery shows them (newest first)."""
+        return Generation.objects.filter(owner_id=self.owner_id, collection_items__collection=self)
+
+
+def covers(collections: list[Collection]) -> dict[int, Image]:
+    """The cover image of each collection `with_counts`, by collection id, in one query."""
+    images = Image.objects.filter(
+        generation__in=[c.cover_generation_id for c in collections if c.cover_generation_id],
+        index=0,
+    )
+    by_generation = {image.generation_id: image for image in images}
+    return {
+        c.pk: by_generation[c.cover_generation_id]
+        for c in collections
+        if c.cover_generation_id in by_generation
+    }
+
+
+class CollectionItem(models.Model):
+    """One generation in one collection. The unit is the generation, as the gallery's tiles,
+    selection, filters and paging are: its image goes with it."""
+
+    collection = models.ForeignKey(Collection, on_delete=models.CASCADE, related_name="items")
+    generation = models.ForeignKey(
+        Generation, on_delete=models.CASCADE, related_name="collection_items"
+    )
+    added_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-added_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["collection", "generation"], name="collection_item_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"Generation {self.generation_id} in collection {self.collection_id}"
+
+
 class ShareLinkQuerySet(models.QuerySet):
     def owned_by(self, user) -> ShareLinkQuerySet:
-        return self.filter(image__generation__owner=user)
+        return self.filter(Q(image__generation__owner=user) | Q(collection__owner=user))
 
     def active(self, now: datetime | None = None) -> ShareLinkQuerySet:
         now = now or timezone.now()
@@ -1754,9 +1885,15 @@ class ShareLinkQuerySet(models.QuerySet):
 
 
 class ShareLink(models.Model):
-    """A public, revocable URL to one image."""
+    """A public, revocable URL to one image, or to a collection (an album link: the page shows
+    the collection as it is at each view). Every option applies to both kinds."""
 
-    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="share_links")
+    image = models.ForeignKey(
+        Image, on_delete=models.CASCADE, related_name="share_links", null=True, blank=True
+    )
+    collection = models.ForeignKey(
+        Collection, on_delete=models.CASCADE, related_name="share_links", null=True, blank=True
+    )
     token = models.CharField(max_length=64, unique=True, default=new_share_token, editable=False)
     show_prompt = models.BooleanField(default=False)
     expires_at = models.DateTimeField(null=True, blank=True)
@@ -1769,9 +1906,31 @@ class ShareLink(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(image__isnull=False, collection__isnull=True)
+                | Q(image__isnull=True, collection__isnull=False),
+                name="share_link_one_target",
+            )
+        ]
 
     def __str__(self) -> str:
+        if self.collection_id:
+            return f"Album link for collection {self.collection_id}"
         return f"Share link for image {self.image_id}"
+
+    @property
+    def is_album(self) -> bool:
+        return self.collection_id is not None
+
+    def album_images(self) -> ImageQuerySet:
+        """The images an album link shows now: the first of each finished generation in the
+        collection, newest first, as the gallery's tiles show them."""
+        return Image.objects.filter(
+            index=0,
+            generation__status=Generation.Status.DONE,
+            generation__collection_items__collection_id=self.collection_id,
+        ).order_by("-generation_id")
 
     def get_absolute_url(self) -> str:
         return reverse("share", args=[self.token])
@@ -1790,28 +1949,40 @@ class ShareLink(models.Model):
 
     @property
     def preview_title(self) -> str:
-        """The title a chat app shows: the prompt only if the owner chose to share it."""
+        """The title a chat app shows: the prompt only if the owner chose to share it. An
+        album is titled by its collection's name, which its share form says it shows."""
+        if self.is_album:
+            return Truncator(self.collection.name).chars(70)
         if self.show_prompt:
             return Truncator(self.image.generation.prompt).chars(70)
         return "An image shared from Banana Gallery"
 
     @property
     def preview_description(self) -> str:
+        if self.is_album and self.collection.description:
+            return Truncator(self.collection.description).chars(200)
+        if self.is_album:
+            return "An album made with Banana Gallery."
         if self.show_prompt:
             return Truncator(self.image.generation.prompt).chars(200)
         return "Made with Banana Gallery."
 
     @property
     def image_alt(self) -> str:
-        if self.show_prompt:
-            return Truncator(self.image.generation.prompt).chars(200)
-        return "A shared image"
+        return self.alt_for(self.image)
 
     @property
     def file_name(self) -> str:
-        """The name the public image is served under: the prompt's first words only if the
+        return self.file_name_for(self.image)
+
+    def alt_for(self, image: Image) -> str:
+        if self.show_prompt:
+            return Truncator(image.generation.prompt).chars(200)
+        return "A shared image"
+
+    def file_name_for(self, image: Image) -> str:
+        """The name a public image is served under: the prompt's first words only if the
         owner chose to show the prompt, and never an id."""
-        image = self.image
         if self.show_prompt:
             words = slugify(image.generation.prompt[:60]) or "image"
             return f"banana-{words}.{image.extension}"

@@ -4,6 +4,7 @@ from allauth.account.adapter import get_adapter
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_not_required
+from django.db.models import Exists, OuterRef
 from django.db.models.fields.files import FieldFile
 from django.http import (
     FileResponse,
@@ -31,19 +32,26 @@ from gallery import export, tasks
 from gallery.context_processors import absolute_url
 from gallery.forms import (
     BulkActionForm,
+    CollectForm,
+    CollectionForm,
     GalleryFilterForm,
     GenerationForm,
+    SelectionForm,
     ShareLinkForm,
     parse_id,
     parse_ids,
 )
 from gallery.models import (
+    Collection,
+    CollectionItem,
     GalleryCounts,
     Generation,
+    GenerationQuerySet,
     Image,
     ImageQuerySet,
     LimitReached,
     ShareLink,
+    covers,
     wait_words,
 )
 from gallery.provenance import Provenance
@@ -66,16 +74,20 @@ def _get_image_for_user(request: HttpRequest, pk: int) -> Image:
     )
 
 
+def _get_collection_for_user(request: HttpRequest, pk: int) -> Collection:
+    return get_object_or_404(Collection.objects.owned_by(request.user), pk=pk)
+
+
 def _get_active_share_link(token: str) -> ShareLink | None:
-    return (
-        ShareLink.objects.active().select_related("image__generation").filter(token=token).first()
-    )
+    links = ShareLink.objects.active().select_related("image__generation", "collection")
+    return links.filter(token=token).first()
 
 
 def _next_url(request: HttpRequest, default: str) -> str:
-    """Where to go back to after a POST: the form's `next` if it is on this site."""
+    """Where to go back to after a POST: the form's `next` if it is a path on this site (a
+    bare word would be taken for a view's name by `redirect`)."""
     target = request.POST.get("next", "")
-    safe = url_has_allowed_host_and_scheme(
+    safe = target.startswith("/") and url_has_allowed_host_and_scheme(
         target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
     )
     return target if target and safe else default
@@ -87,33 +99,41 @@ def _pending_ids(user) -> list[int]:
     )
 
 
+def _next_page_url(request: HttpRequest, more: bool, last: int) -> str:
+    """The next page's URL (the same query, a keyset cursor), or none after the last."""
+    if not more:
+        return ""
+    query = {k: v for k, v in request.GET.items() if k != "before"}
+    return "?" + urlencode({**query, "before": last})
+
+
 def _gallery_page(
-    request: HttpRequest, filters: GalleryFilterForm, rows: int, newest: list[int] | None = None
+    request: HttpRequest,
+    filters: GalleryFilterForm,
+    generations: GenerationQuerySet,
+    rows: int | None = None,
+    newest: list[int] | None = None,
 ) -> dict:
-    """One page of the gallery, keyset-paged on the id so its cost stays flat; `rows`: how
-    many generations the user has; `newest`: the ids of what the filters match, newest first,
-    if they were read already (at least a page and one more, or all)."""
+    """One page of a grid (the gallery's or a collection's), keyset-paged on the id so its
+    cost stays flat; `rows`: how many generations `generations` holds, if known (for the
+    search); `newest`: the ids of what the filters match, newest first, if they were read
+    already (at least a page and one more, or all)."""
     if newest is None:
-        generations = filters.filter(Generation.objects.owned_by(request.user), rows)
-        generations = generations.before(filters.cursor())
+        generations = filters.filter(generations, rows).before(filters.cursor())
     else:
         generations = Generation.objects.filter(pk__in=newest[: PAGE_SIZE + 1]).order_by("-id")
     page = list(generations.prefetch_related("images")[: PAGE_SIZE + 1])
     more = len(page) > PAGE_SIZE
     page = page[:PAGE_SIZE]
-    next_url = ""
-    if more:
-        query = {k: v for k, v in request.GET.items() if k != "before"}
-        next_url = "?" + urlencode({**query, "before": page[-1].pk})
     return {
         "generations": page,
-        "next_url": next_url,
+        "next_url": _next_page_url(request, more, page[-1].pk if page else 0),
         "pending_ids": [g.pk for g in page if g.is_pending],
     }
 
 
 def _matching(
-    request: HttpRequest, filters: GalleryFilterForm, counts: dict[str, int]
+    filters: GalleryFilterForm, generations: GenerationQuerySet, counts: dict[str, int]
 ) -> tuple[str, list[int] | None]:
     """How many generations the filters match, for "8 of 65 shown": a counter when it is the
     same thing (one status, or the favourites), else counted up to MAX_COUNTED; and the ids
@@ -126,24 +146,41 @@ def _matching(
     happen to be old)."""
     if counter := filters.counter():
         return str(counts[counter]), None
-    matching = filters.filter(Generation.objects.owned_by(request.user), counts["total"])
+    matching = filters.filter(generations, counts["total"])
     ids = list(matching.values_list("pk", flat=True)[: max(MAX_COUNTED, PAGE_SIZE) + 1])
     return (f"{MAX_COUNTED}+" if len(ids) > MAX_COUNTED else str(len(ids))), ids
 
 
-def _gallery_context(request: HttpRequest, form: GenerationForm) -> dict:
+def _grid_context(
+    request: HttpRequest, generations: GenerationQuerySet, counts: dict[str, int]
+) -> dict:
+    """A grid page's filters, counters, first page and the select bar's collections."""
     filters = GalleryFilterForm(request.GET)
-    counts = GalleryCounts.of(request.user)
-    shown, newest = _matching(request, filters, counts) if filters.is_filtered else (None, None)
+    shown, newest = _matching(filters, generations, counts) if filters.is_filtered else (None, None)
     if filters.cursor() is not None:
         newest = None  # a later page: not among the newest
     return {
-        "form": form,
         "filters": filters,
         "counts": counts,
         "shown": shown,
-        **_gallery_page(request, filters, counts["total"], newest),
+        "collect_form": CollectForm(owner=request.user),
+        **_gallery_page(request, filters, generations, counts["total"], newest),
     }
+
+
+def _gallery_context(request: HttpRequest, form: GenerationForm) -> dict:
+    generations = Generation.objects.owned_by(request.user)
+    return {"form": form, **_grid_context(request, generations, GalleryCounts.of(request.user))}
+
+
+def _counts_for(request: HttpRequest, collection: str) -> dict[str, int]:
+    """The counters of the page a request came from: the gallery's (kept per user), or one
+    collection's (counted over its items; a collection of someone else's counts nothing)."""
+    pk = parse_id(collection)
+    if pk is None:
+        return GalleryCounts.of(request.user)
+    generations = Generation.objects.owned_by(request.user)
+    return generations.filter(collection_items__collection_id=pk).counts()
 
 
 def _remix_initial(request: HttpRequest) -> dict:
@@ -165,7 +202,8 @@ def index(request: HttpRequest) -> HttpResponse:
     if request.htmx and "before" in request.GET:
         # Infinite scroll: the next page of cards and the loader for the one after.
         rows = GalleryCounts.of(request.user)["total"]
-        page = _gallery_page(request, GalleryFilterForm(request.GET), rows)
+        filters = GalleryFilterForm(request.GET)
+        page = _gallery_page(request, filters, Generation.objects.owned_by(request.user), rows)
         return render(request, "gallery/index.html#page", {**page, "next_page": True})
     form = GenerationForm(initial=_remix_initial(request))
     return render(request, "gallery/index.html", _gallery_context(request, form))
@@ -206,10 +244,11 @@ def updates(request: HttpRequest) -> HttpResponse:
         Generation.objects.owned_by(request.user).filter(pk__in=ids).prefetch_related("images")
     )
     pending_ids = [g.pk for g in generations if g.is_pending]
-    context = {"generations": generations, "pending_ids": pending_ids}
+    collection = request.GET.get("collection", "")
+    context = {"generations": generations, "pending_ids": pending_ids, "in_collection": collection}
     if len(pending_ids) < len(generations):
         # Something finished since the last refresh: the counters changed too.
-        context["counts"] = GalleryCounts.of(request.user)
+        context["counts"] = _counts_for(request, collection)
     return render(request, "gallery/index.html#updates", context)
 
 
@@ -254,6 +293,7 @@ def detail(request: HttpRequest, pk: int) -> HttpResponse:
     generation = _get_generation_for_user(request, pk)
     images = list(generation.images.prefetch_related("share_links"))
     context = {
+        **_picker_context(request, generation),
         "generation": generation,
         "images": images,
         "share_form": ShareLinkForm(),
@@ -283,7 +323,8 @@ def favorite(request: HttpRequest, pk: int) -> HttpResponse:
             "labelled": "labelled" in request.POST,
             # The gallery's counters follow at once (an out-of-band swap).
             "favorite_changed": True,
-            "counts": GalleryCounts.of(request.user),
+            "in_collection": request.POST.get("collection", ""),
+            "counts": _counts_for(request, request.POST.get("collection", "")),
         }
         return render(request, "gallery/index.html#favorite", context)
     return redirect(_next_url(request, generation.get_absolute_url()))
@@ -357,6 +398,203 @@ def export_all(request: HttpRequest) -> HttpResponse:
     return _export(request, images, name, empty, reverse("accounts:account"))
 
 
+# Collections
+
+
+def _picker_context(request: HttpRequest, generation: Generation) -> dict:
+    """The user's collections, each marked whether it holds this generation (one query)."""
+    holds = CollectionItem.objects.filter(collection=OuterRef("pk"), generation=generation)
+    collections = Collection.objects.owned_by(request.user).annotate(holds=Exists(holds))
+    return {"picker_collections": list(collections), "picker_form": CollectForm(owner=request.user)}
+
+
+def _form_errors(*forms) -> list[str]:
+    return [errors[0] for form in forms if not form.is_valid() for errors in form.errors.values()]
+
+
+@require_http_methods(["GET", "POST"])
+def collection_list(request: HttpRequest) -> HttpResponse:
+    form = CollectionForm(request.POST or None, owner=request.user)
+    if request.method == "POST" and form.is_valid():
+        collection = form.save()
+        messages.success(
+            request,
+            f"Made the collection “{collection.name}”. Select images in the gallery and choose "
+            "“Add to collection”.",
+        )
+        return redirect(collection)
+    collections = list(Collection.objects.owned_by(request.user).with_counts())
+    cover = covers(collections)
+    for collection in collections:
+        collection.cover = cover.get(collection.pk)
+    context = {"collections": collections, "form": form}
+    return render(request, "gallery/collections.html", context, status=400 if form.errors else 200)
+
+
+@require_GET
+def collection_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    collection = _get_collection_for_user(request, pk)
+    generations = collection.gallery()
+    if request.htmx and "before" in request.GET:
+        page = _gallery_page(request, GalleryFilterForm(request.GET), generations)
+        context = {**page, "next_page": True, "in_collection": collection.pk}
+        return render(request, "gallery/index.html#page", context)
+    links = list(collection.share_links.all())
+    context = {
+        **_grid_context(request, generations, generations.counts()),
+        "collection": collection,
+        "in_collection": collection.pk,
+        "share_form": ShareLinkForm(),
+        "links": links,
+        "active_links": sum(link.is_active for link in links),
+    }
+    return render(request, "gallery/collection.html", context)
+
+
+@require_http_methods(["GET", "POST"])
+def collection_edit(request: HttpRequest, pk: int) -> HttpResponse:
+    collection = _get_collection_for_user(request, pk)
+    form = CollectionForm(request.POST or None, instance=collection, owner=request.user)
+    if request.method == "POST" and form.is_valid():
+        form.save()
+        messages.success(request, "Saved the collection's name and description.")
+        return redirect(collection)
+    context = {"collection": collection, "form": form}
+    status = 400 if form.errors else 200
+    return render(request, "gallery/collection_edit.html", context, status=status)
+
+
+@require_http_methods(["GET", "POST"])
+def collection_delete(request: HttpRequest, pk: int) -> HttpResponse:
+    collection = _get_collection_for_user(request, pk)
+    if request.method == "POST":
+        collection.delete()
+        messages.success(
+            request, f"Deleted the collection “{collection.name}”. Its images stay in your gallery."
+        )
+        return redirect("gallery:collections")
+    count = collection.items.count()
+    return render(
+        request, "gallery/collection_delete.html", {"collection": collection, "count": count}
+    )
+
+
+@require_POST
+def collection_add(request: HttpRequest) -> HttpResponse:
+    """Put the selected generations in a collection (a new one if named): the select bar."""
+    selection = SelectionForm(request.POST, queryset=Generation.objects.owned_by(request.user))
+    form = CollectForm(request.POST, owner=request.user)
+    back = _next_url(request, reverse("gallery:index"))
+    if errors := _form_errors(selection, form):
+        if request.htmx:
+            return render(request, "gallery/index.html#collected", {"error": errors[0]})
+        for error in errors:
+            messages.error(request, error)
+        return redirect(back)
+    collection, _ = form.collection_for()
+    selected = selection.selected()
+    total = selected.count()
+    added = collection.add(selected)
+    text = ngettext(
+        "Added %(n)d image to “%(name)s”.", "Added %(n)d images to “%(name)s”.", added
+    ) % {"n": added, "name": collection.name}
+    if total > added:
+        already = total - added
+        text += " " + ngettext("%(n)d was in it already.", "%(n)d were in it already.", already) % {
+            "n": already
+        }
+    if not request.htmx:
+        messages.success(request, text)
+        return redirect(back)
+    context = {
+        "status": text,
+        "picked": collection,
+        # The picker's list gains a collection made here, and its name field empties.
+        "collect_form": CollectForm(owner=request.user),
+    }
+    return render(request, "gallery/index.html#collected", context)
+
+
+@require_POST
+def collection_remove(request: HttpRequest, pk: int) -> HttpResponse:
+    """Take the selected generations out of the collection; they stay in the gallery."""
+    collection = _get_collection_for_user(request, pk)
+    selection = SelectionForm(request.POST, queryset=collection.gallery())
+    if errors := _form_errors(selection):
+        if request.htmx:
+            return render(request, "gallery/index.html#collected", {"error": errors[0]})
+        messages.error(request, errors[0])
+        return redirect(collection)
+    ids = list(selection.selected().values_list("pk", flat=True))
+    removed = collection.remove(collection.gallery().filter(pk__in=ids))
+    text = ngettext(
+        "Took %(n)d image out of “%(name)s”; it stays in your gallery.",
+        "Took %(n)d images out of “%(name)s”; they stay in your gallery.",
+        removed,
+    ) % {"n": removed, "name": collection.name}
+    if not request.htmx:
+        messages.success(request, text)
+        return redirect(_next_url(request, collection.get_absolute_url()))
+    context = {
+        "status": text,
+        "removed_ids": ids,
+        "counts": collection.gallery().counts(),
+    }
+    return render(request, "gallery/index.html#collected", context)
+
+
+@require_http_methods(["GET", "POST"])
+def generation_collections(request: HttpRequest, pk: int) -> HttpResponse:
+    """The collections one generation is in, to add it to one (or a new one) or take it out:
+    a page of its own without JavaScript, a panel in the viewer and on the detail page."""
+    generation = _get_generation_for_user(request, pk)
+    status = error = ""
+    if request.method == "POST":
+        form = CollectForm(request.POST, owner=request.user)
+        if errors := _form_errors(form):
+            error = errors[0]
+        else:
+            collection, _ = form.collection_for()
+            one = Generation.objects.filter(pk=generation.pk)
+            if request.POST.get("remove"):
+                collection.remove(one)
+                status = f"Taken out of “{collection.name}”."
+            else:
+                collection.add(one)
+                status = f"In “{collection.name}”."
+        if not request.htmx:
+            if error:
+                messages.error(request, error)
+            else:
+                messages.success(request, status)
+            return redirect(_next_url(request, generation.get_absolute_url()))
+    context = {
+        **_picker_context(request, generation),
+        "generation": generation,
+        "picker_status": status,
+        "picker_error": error,
+    }
+    if request.htmx:
+        return render(request, "gallery/collections_for.html#picker", context)
+    return render(request, "gallery/collections_for.html", context)
+
+
+@require_POST
+def collection_share(request: HttpRequest, pk: int) -> HttpResponse:
+    collection = _get_collection_for_user(request, pk)
+    form = ShareLinkForm(request.POST)
+    if form.is_valid():
+        link = form.save_for(collection)
+        messages.success(
+            request,
+            "Album link created. Anyone with the link can see the collection's images, "
+            "including those you add later.",
+        )
+        return redirect(collection.get_absolute_url() + f"#link-{link.pk}")
+    messages.error(request, "That expiry is not one of the choices.")
+    return redirect(collection.get_absolute_url() + "#share")
+
+
 # Sharing
 
 
@@ -374,7 +612,9 @@ def share_create(request: HttpRequest, pk: int) -> HttpResponse:
 
 @require_GET
 def share_list(request: HttpRequest) -> HttpResponse:
-    links = ShareLink.objects.owned_by(request.user).select_related("image__generation")
+    links = ShareLink.objects.owned_by(request.user).select_related(
+        "image__generation", "collection"
+    )
     return render(request, "gallery/shares.html", {"links": links})
 
 
@@ -416,6 +656,8 @@ def share_page(request: HttpRequest, token: str) -> HttpResponse:
     link = _get_active_share_link(token)
     if link is None:
         return _share_gone(request)
+    if link.is_album:
+        return _album_page(request, link)
     link.record_view()
     image_url = absolute_url(request, reverse("share_image", args=[token]))
     context = {
@@ -428,11 +670,54 @@ def share_page(request: HttpRequest, token: str) -> HttpResponse:
     return _public_headers(render(request, "gallery/share.html", context))
 
 
+def _album_page(request: HttpRequest, link: ShareLink) -> HttpResponse:
+    """An album link's page: the collection's images as they are now, newest first, paged
+    like the gallery, each served through the link (album_image), nothing of the owner's."""
+    images = link.album_images().select_related("generation")
+    before = request.GET.get("before", "")
+    if before.isdigit():
+        images = images.filter(generation_id__lt=int(before))
+    page = list(images[: PAGE_SIZE + 1])
+    more = len(page) > PAGE_SIZE
+    page = page[:PAGE_SIZE]
+    context = {
+        "link": link,
+        "collection": link.collection,
+        "images": page,
+        "next_url": _next_page_url(request, more, page[-1].generation_id if page else 0),
+    }
+    if request.htmx and before:
+        return _public_headers(render(request, "gallery/album.html#page", context))
+    link.record_view()
+    cover = page[0] if page else None
+    context.update(
+        {
+            "count": link.album_images().count(),
+            "page_url": absolute_url(request, request.path),
+            "cover": cover,
+            "cover_url": absolute_url(request, reverse("album_image", args=[link.token, cover.pk]))
+            if cover
+            else "",
+        }
+    )
+    return _public_headers(render(request, "gallery/album.html", context))
+
+
+def _public_file(file: FieldFile, content_type: str, filename: str) -> HttpResponse:
+    """A file anyone holding a share link may see: a presigned redirect on S3, else the
+    bytes; named by the link, never cached without asking again."""
+    disposition = content_disposition_header(False, filename)
+    response = _storage_redirect(file, content_type, disposition, cache_control="public, no-cache")
+    if response is None:
+        response = _file_response(file, content_type, filename=filename, download=False)
+    return _public_headers(response)
+
+
 @login_not_required
 @require_GET
 def share_image(request: HttpRequest, token: str) -> HttpResponse:
     link = _get_active_share_link(token)
-    if link is None:
+    if link is None or link.is_album:
         return _share_gone(request)
     image = link.image
     if link.show_prompt and Preferences.file_provenance_of(image.generation.owner_id):
@@ -440,13 +725,40 @@ def share_image(request: HttpRequest, token: str) -> HttpResponse:
         response = _streamed(image, image.provenance(public=True), link.file_name, download=False)
         return _public_headers(response)
     # The file name is the link's (no hidden prompt in it), for the object store too.
-    disposition = content_disposition_header(False, link.file_name)
-    response = _storage_redirect(
-        image.file, image.content_type, disposition, cache_control="public, no-cache"
-    )
-    if response is None:
-        response = _original_response(image, filename=link.file_name, download=False)
-    return _public_headers(response)
+    return _public_file(image.file, image.content_type, link.file_name)
+
+
+def _album_image(token: str, pk: int) -> tuple[ShareLink, Image] | None:
+    """The image of an active album link, if it is in the collection now: one taken out
+    no longer opens through the link, at once."""
+    link = _get_active_share_link(token)
+    if link is None or not link.is_album:
+        return None
+    image = link.album_images().select_related("generation").filter(pk=pk).first()
+    return (link, image) if image else None
+
+
+@login_not_required
+@require_GET
+def album_image(request: HttpRequest, token: str, pk: int) -> HttpResponse:
+    found = _album_image(token, pk)
+    if found is None:
+        return _share_gone(request)
+    link, image = found
+    return _public_file(image.file, image.content_type, link.file_name_for(image))
+
+
+@login_not_required
+@require_GET
+def album_thumbnail(request: HttpRequest, token: str, pk: int) -> HttpResponse:
+    found = _album_image(token, pk)
+    if found is None:
+        return _share_gone(request)
+    link, image = found
+    # The large one: sharp on a 2x screen, and still a fraction of the original.
+    thumbnail = image.thumbnail_large or image.thumbnail
+    name = link.file_name_for(image).rsplit(".", 1)[0] + ".webp"
+    return _public_file(thumbnail, "image/webp", name)
 
 
 # Image files
@@ -492,12 +804,11 @@ def _private(response: StreamingHttpResponse) -> StreamingHttpResponse:
     return response
 
 
-def _original_response(image: Image, *, filename: str, download: bool) -> FileResponse:
+def _file_response(
+    file: FieldFile, content_type: str, *, filename: str, download: bool
+) -> FileResponse:
     response = FileResponse(
-        image.file.open("rb"),
-        content_type=image.content_type,
-        as_attachment=download,
-        filename=filename,
+        file.open("rb"), content_type=content_type, as_attachment=download, filename=filename
     )
     response["X-Content-Type-Options"] = "nosniff"
     return response
@@ -535,7 +846,9 @@ def image_file(request: HttpRequest, pk: int) -> HttpResponse:
     disposition = content_disposition_header(download, image.download_name)
     redirect = _private_redirect(image.file, image.content_type, disposition)
     return redirect or _private(
-        _original_response(image, filename=image.download_name, download=download)
+        _file_response(
+            image.file, image.content_type, filename=image.download_name, download=download
+        )
     )
 
 

@@ -282,7 +282,7 @@ import json
 from datetime import timedelta
 from django.contrib.auth.models import User
 from django.utils import timezone
-from gallery.models import ShareLink
+from gallery.models import Collection, Generation, ShareLink
 from tests.factories import image_size, make_entry, make_generation, make_image
 import uuid
 user = User.objects.create_user("uma", password="a-long-pass-phrase")
@@ -307,8 +307,13 @@ for i, generation in enumerate(made):
 make_entry(user, now, credits=2, outcome="failed", generation=refused, outcome_code="400",
            outcome_reason="Refused, change it.")
 User.objects.create_user("stella", password="a-long-pass-phrase", is_staff=True)
+trips = Collection.objects.create(owner=user, name="Long shapes", description="Wide and tall.")
+trips.add(Generation.objects.filter(pk__in=[made[i].pk for i in (0, 3, 5, 8)]))
+Collection.objects.create(owner=user, name="Still empty")
+album = ShareLink.objects.create(collection=trips, show_prompt=True)
 print(json.dumps({"detail": made[0].pk, "token": link.token,
-                  "variations": [g.pk for g in variations]}))
+                  "variations": [g.pk for g in variations],
+                  "collection": trips.pk, "album": album.token}))
 """
 
 
@@ -392,18 +397,8 @@ def open_viewer(page) -> None:
     page.wait_for_function("() => document.activeElement?.closest('.pswp') !== null")
 
 
-@pytest.mark.parametrize("scheme", SCHEMES)
-@pytest.mark.parametrize("viewport", VIEWPORTS, ids=["desktop", "phone"])
-def test_it_draws_every_page_whole_and_accessible(stack, browser, gallery, viewport, scheme):
-    pages = {
-        "gallery": "/",
-        "viewer": "/",
-        "detail": f"/generations/{gallery['detail']}/",
-        "shares": "/shares/",
-        "share": f"/s/{gallery['token']}/",
-        "account": "/accounts/",
-        "usage": "/usage/",
-    }
+def draw_pages(stack, browser, gallery, viewport, scheme, pages: dict[str, str]) -> None:
+    """Each page whole (check_page), screenshotted, axe-clean and without a CSP violation."""
     context = browser.new_context(
         storage_state=gallery["state"],
         viewport=dict(zip(("width", "height"), viewport, strict=True)),
@@ -426,6 +421,34 @@ def test_it_draws_every_page_whole_and_accessible(stack, browser, gallery, viewp
     assert not problems, problems
     assert not violations, violations
     context.close()
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("viewport", VIEWPORTS, ids=["desktop", "phone"])
+def test_it_draws_every_page_whole_and_accessible(stack, browser, gallery, viewport, scheme):
+    pages = {
+        "gallery": "/",
+        "viewer": "/",
+        "detail": f"/generations/{gallery['detail']}/",
+        "shares": "/shares/",
+        "share": f"/s/{gallery['token']}/",
+        "account": "/accounts/",
+        "usage": "/usage/",
+    }
+    draw_pages(stack, browser, gallery, viewport, scheme, pages)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("viewport", VIEWPORTS, ids=["desktop", "phone"])
+def test_it_draws_the_collection_pages_whole_and_accessible(
+    stack, browser, gallery, viewport, scheme
+):
+    pages = {
+        "collections": "/collections/",
+        "collection": f"/collections/{gallery['collection']}/",
+        "album": f"/s/{gallery['album']}/",
+    }
+    draw_pages(stack, browser, gallery, viewport, scheme, pages)
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
@@ -687,3 +710,107 @@ def test_it_downloads_with_provenance_and_exports_a_selection(stack, browser, ga
     assert page.locator("#bulk-count").inner_text() == "2 selected"  # still on the page
     assert not violations, violations
     context.close()
+
+
+COLLECTOR = """
+from django.contrib.auth.models import User
+from tests.factories import image_size, make_generation, make_image
+user = User.objects.create_user("vera", password="a-long-pass-phrase")
+for i, ratio in enumerate(["3:2", "1:1", "2:3", "16:9"]):
+    generation = make_generation(user, prompt=f"holiday snap {i}", aspect_ratio=ratio)
+    make_image(generation, *image_size(ratio))
+"""
+
+
+def test_it_collects_images_and_shares_them_as_an_album(stack, browser):
+    stack.shell(COLLECTOR)
+    owner = browser.new_context(viewport={"width": 1440, "height": 900})
+    page = owner.new_page()
+    violations = watch_csp(page)
+    page.goto(stack.url + "/accounts/login/")
+    page.fill("#id_login", "vera")
+    page.fill("#id_password", "a-long-pass-phrase")
+    page.click("button[type=submit]")
+    page.wait_for_url(stack.url + "/")
+    page.wait_for_load_state("networkidle")
+    page.evaluate("window.__sameDocument = true")
+    tiles = page.locator(".tile--done")
+    prompts = [tiles.nth(i).locator("img").get_attribute("alt") for i in range(4)]
+
+    # The select bar: two images into a new collection, named inline, without a reload.
+    page.get_by_role("button", name="Select", exact=True).click()
+    tiles.nth(1).click()
+    tiles.nth(2).click()
+    assert page.locator("#bulk-count").inner_text() == "2 selected"
+    page.fill("#collect-new", "Holiday")
+    page.get_by_role("button", name="Add to collection").click()
+    status = page.locator("#bulk-status")
+    status.filter(has_text="Added 2 images to “Holiday”.").wait_for()
+    assert page.locator("#collect-collection option:checked").inner_text() == "Holiday"
+    assert page.input_value("#collect-new") == ""
+    assert page.evaluate("window.__sameDocument") is True
+    page.screenshot(path=str(stack.artifacts / "collect-bar.png"))
+    page.keyboard.press("Escape")
+
+    # The viewer: the first image into the same collection from its panel.
+    open_viewer(page)
+    page.keyboard.press("c")
+    panel = page.locator(".pswp__collections")
+    choice = panel.get_by_role("button", name="Holiday")
+    choice.wait_for()
+    assert choice.get_attribute("aria-pressed") == "false"
+    choice.click()
+    panel.get_by_text("In “Holiday”.").wait_for()
+    assert panel.get_by_role("button", name="Holiday").get_attribute("aria-pressed") == "true"
+    page.screenshot(path=str(stack.artifacts / "collect-viewer.png"))
+    page.keyboard.press("Escape")
+    page.locator(".pswp--open").wait_for(state="detached")
+
+    page.goto(stack.url + "/collections/")
+    card = page.locator(".collection-card", has_text="Holiday")
+    assert "3 images" in card.inner_text()
+    card.click()
+    assert page.locator(".tile--done").count() == 3
+    assert page.locator("h1").inner_text() == "Holiday"
+
+    # Share the collection as an album link.
+    page.get_by_text("Share as an album").click()
+    page.check("#share input[name=show_prompt]")
+    page.get_by_role("button", name="Create album link").click()
+    album_url = page.locator("input.link-url").first.input_value()
+    assert album_url.startswith(stack.url + "/s/")
+
+    visitor = browser.new_context(viewport={"width": 375, "height": 812})  # logged out
+    public = visitor.new_page()
+    public_violations = watch_csp(public)
+    response = public.goto(album_url)
+    assert response.status == 200
+    assert response.headers["referrer-policy"] == "no-referrer"
+    assert public.locator("h1").inner_text() == "Holiday"
+    assert public.locator(".tile").count() == 3
+    check_page(public)
+    shown = [public.locator(".tile img").nth(i).get_attribute("alt") for i in range(3)]
+    assert sorted(shown) == sorted(prompts[:3])
+    assert public.locator("form, .tile-select, .favorite").count() == 0  # nothing of the owner's
+    public.locator("a.tile-link").first.click(position={"x": 8, "y": 8})
+    public.locator(".pswp--open").wait_for()
+    public.wait_for_function(
+        "() => [...document.querySelectorAll('.pswp__img')].some(i => i.naturalWidth > 0)"
+    )
+    assert public.locator(".pswp__button--favorite, .pswp__button--collections").count() == 0
+    assert public.url == album_url  # no owner's page in the address bar
+    public.screenshot(path=str(stack.artifacts / "album-viewer-375.png"))
+    public.keyboard.press("Escape")
+
+    # Taken out of the collection, an image leaves the album at once.
+    page.get_by_role("button", name="Select", exact=True).click()
+    page.locator(".tile--done").first.click()
+    page.get_by_role("button", name="Remove from collection").click()
+    status.filter(has_text="Took 1 image out of “Holiday”").wait_for()
+    assert page.locator(".tile--done").count() == 2
+    assert "2 in all" in page.locator("#counts").inner_text()
+    public.reload()
+    assert public.locator(".tile").count() == 2
+    assert not violations + public_violations, violations + public_violations
+    owner.close()
+    visitor.close()

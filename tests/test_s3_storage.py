@@ -5,9 +5,9 @@ its thumbnails in the bucket; the owner's image and thumbnails, and a share link
 stranger, are redirects to short-lived presigned URLs that the bucket answers with the right
 bytes, type and file name, except a download with provenance written in, which streams
 from the bucket through Django; another user gets 404; a revoked link hands out no more URLs;
-deleting removes the objects; `rebuild_thumbnails` works there. Finished generations come from
-tests/factories.py (written to the bucket as the pipeline writes them) except in the pipeline
-test.
+deleting removes the objects; `rebuild_thumbnails` works there; an album link serves its images
+from the bucket too. Finished generations come from tests/factories.py (written to the bucket as
+the pipeline writes them) except in the pipeline test.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from PIL import Image as PILImage
 
 from accounts.models import Preferences
 from gallery import tasks
-from gallery.models import Generation, Image, ShareLink
+from gallery.models import Collection, Generation, Image, ShareLink
 from tests.factories import done_generation
 from tests.s3 import Bucket, settings_from_env
 from tests.support import finished, run_queued_tasks
@@ -262,3 +262,18 @@ def test_it_exports_a_zip_from_the_bucket(client, alice, image, s3_bucket):
         assert hashlib.sha256(data).hexdigest() == entry["sha256"]
         stored = s3_bucket.read(Image.objects.get(pk=entry["image_id"]).file.name)
         assert hashlib.sha256(stored).hexdigest() == entry["original_sha256"]
+
+
+def test_it_serves_an_album_links_images_from_the_bucket(client, alice, image, s3_bucket):
+    album = Collection.objects.create(owner=alice, name="Bread")
+    album.add(Generation.objects.filter(pk=image.generation_id))
+    link = ShareLink.objects.create(collection=album)
+    for name, field in [("album_image", image.file), ("album_thumbnail", image.thumbnail_large)]:
+        response = client.get(reverse(name, args=[link.token, image.pk]))
+        assert "no-cache" in response["Cache-Control"]
+        answer = followed(response, s3_bucket)
+        assert answer.content == s3_bucket.read(field.name)
+        assert "banana-shared-image." in answer.headers["Content-Disposition"]
+    album.remove(Generation.objects.filter(pk=image.generation_id))
+    gone = client.get(reverse("album_image", args=[link.token, image.pk]))
+    assert gone.status_code == 404 and "Location" not in gone

@@ -1,4 +1,4 @@
-"""Share links: public, revocable, expiring URLs to one image."""
+"""Share links: public, revocable, expiring URLs to one image, or to a collection (albums)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,14 @@ import re
 from datetime import timedelta
 
 import pytest
+from django.db import IntegrityError, connection, transaction
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from gallery.models import Image, ShareLink
-from tests.factories import done_generation
+from gallery.models import Collection, Generation, Image, ShareLink
+from gallery.views import PAGE_SIZE
+from tests.factories import done_generation, make_generation
 
 
 @pytest.fixture
@@ -261,3 +264,196 @@ def test_it_gives_out_share_links_on_site_url_on_the_detail_page(client, alice, 
     assert f'value="https://bananas.example/s/{link.token}/"' in html
     assert f'data-copy-value="https://bananas.example/s/{link.token}/"' in html
     assert "127.0.0.1" not in html
+
+
+# Album links: one link to a whole collection, with the same options.
+
+
+@pytest.fixture
+def album(alice) -> Collection:
+    collection = Collection.objects.create(
+        owner=alice, name="Bakery", description="Loaves of the week"
+    )
+    collection.add(Generation.objects.filter(pk=done_generation(alice, "a secret rye").pk))
+    return collection
+
+
+def share_album(client, collection: Collection, **data) -> ShareLink:
+    response = client.post(reverse("gallery:collection_share", args=[collection.pk]), data)
+    assert response.status_code == 302
+    link = ShareLink.objects.latest("id")
+    assert response["Location"] == collection.get_absolute_url() + f"#link-{link.pk}"
+    return link
+
+
+def album_urls(link: ShareLink, image: Image) -> list[str]:
+    return [
+        reverse("album_image", args=[link.token, image.pk]),
+        reverse("album_thumbnail", args=[link.token, image.pk]),
+    ]
+
+
+def test_it_shares_a_collection_as_an_album(client, alice, album):
+    client.force_login(alice)
+    link = share_album(client, album)
+    assert (link.collection, link.image) == (album, None)
+    image = Image.objects.get()
+    client.logout()
+    response = client.get(f"/s/{link.token}/")
+    assert response.status_code == 200
+    assert response["Referrer-Policy"] == "no-referrer"
+    assert "noindex" in response["X-Robots-Tag"]
+    html = response.content.decode()
+    assert title(html) == "Bakery · Banana Gallery"
+    assert "<h1>Bakery</h1>" in html and "Loaves of the week" in html
+    assert meta(html, "og:image") == f"http://testserver/s/{link.token}/images/{image.pk}"
+    for url in album_urls(link, image):
+        assert url in html
+    assert not carries_prompt(html)  # prompts stay hidden unless the owner shows them
+    # None of the owner's controls, and no way to the owner's pages.
+    for owner_only in ("/generations/", "/images/", "bulk-form", "favorite", "csrf"):
+        assert owner_only not in html.replace(f"/s/{link.token}/images/", ""), owner_only
+    link.refresh_from_db()
+    assert link.view_count == 1
+
+
+def test_it_serves_an_albums_images_under_its_token(client, alice, album):
+    client.force_login(alice)
+    link = share_album(client, album)
+    image = Image.objects.get()
+    client.logout()
+    original, thumbnail = (client.get(url) for url in album_urls(link, image))
+    assert original["Content-Type"] == "image/png"
+    assert original["Content-Disposition"] == 'inline; filename="banana-shared-image.png"'
+    assert "no-cache" in original["Cache-Control"]
+    assert hashlib.sha256(b"".join(original.streaming_content)).hexdigest() == image.sha256
+    assert thumbnail["Content-Type"] == "image/webp"
+    assert thumbnail["Content-Disposition"] == 'inline; filename="banana-shared-image.webp"'
+    assert b"".join(thumbnail.streaming_content)[8:12] == b"WEBP"
+    for response in (original, thumbnail):
+        assert response["X-Content-Type-Options"] == "nosniff"
+        for header, value in response.items():
+            assert not carries_prompt(value), (header, value)
+
+
+def test_it_shows_the_prompts_of_an_album_only_when_the_owner_chose_to(client, alice, album):
+    client.force_login(alice)
+    link = share_album(client, album, show_prompt="on", expires_in_hours="24")
+    assert link.expires_at > timezone.now()
+    image = Image.objects.get()
+    client.logout()
+    html = client.get(f"/s/{link.token}/").content.decode()
+    assert 'data-prompt="a secret rye"' in html and 'alt="a secret rye"' in html
+    response = client.get(album_urls(link, image)[0])
+    assert response["Content-Disposition"] == 'inline; filename="banana-a-secret-rye.png"'
+
+
+def test_it_shows_an_album_as_the_collection_is_now(client, alice, album):
+    client.force_login(alice)
+    link = share_album(client, album)
+    first = Image.objects.get()
+    later = done_generation(alice, "added after the link")
+    album.add(Generation.objects.filter(pk=later.pk))
+    client.logout()
+    html = client.get(f"/s/{link.token}/").content.decode()
+    assert all(url in html for url in album_urls(link, later.images.get()))
+    assert "2 images" in html
+
+    album.remove(Generation.objects.filter(pk=first.generation_id))
+    html = client.get(f"/s/{link.token}/").content.decode()
+    assert not any(url in html for url in album_urls(link, first))
+    for url in album_urls(link, first):
+        assert_gone(client.get(url))  # at once, for the files too
+    assert Image.objects.filter(pk=first.pk).exists()  # still in the owner's gallery
+
+
+def test_it_serves_no_image_outside_the_album(client, alice, album):
+    outside = done_generation(alice, "not in the album").images.get()
+    unfinished = make_generation(alice, "still cooking", status="generating")
+    album.add(Generation.objects.filter(pk=unfinished.pk))
+    client.force_login(alice)
+    link = share_album(client, album)
+    single = share(client, outside)
+    client.logout()
+    for url in album_urls(link, outside):
+        assert_gone(client.get(url))
+    # Each kind of token opens only its own kind of URL.
+    assert_gone(client.get(f"/s/{link.token}/image"))
+    for url in album_urls(single, outside):
+        assert_gone(client.get(url))
+    assert "1 image" in client.get(f"/s/{link.token}/").content.decode()
+
+
+def test_it_pages_an_album_like_the_gallery(client, alice, album):
+    for i in range(PAGE_SIZE):
+        album.add(Generation.objects.filter(pk=done_generation(alice, f"loaf {i}").pk))
+    client.force_login(alice)
+    link = share_album(client, album)
+    client.logout()
+    response = client.get(f"/s/{link.token}/")
+    assert len(response.context["images"]) == PAGE_SIZE
+    next_url = response.context["next_url"]
+    assert next_url
+    page = client.get(f"/s/{link.token}/" + next_url, headers={"HX-Request": "true"})
+    assert page.content.decode().count('<article class="tile') == 1
+    link.refresh_from_db()
+    assert link.view_count == 1  # a page of more images is not another view
+
+
+def test_it_shows_a_friendly_404_for_an_album_once_revoked_or_expired(client, alice, album, debug):
+    client.force_login(alice)
+    revoked, expired = share_album(client, album), share_album(client, album)
+    image = Image.objects.get()
+    client.post(reverse("gallery:share_revoke", args=[revoked.pk]))
+    ShareLink.objects.filter(pk=expired.pk).update(expires_at=timezone.now())
+    client.logout()
+    for link in (revoked, expired):
+        assert_gone(client.get(f"/s/{link.token}/"))
+        for url in album_urls(link, image):
+            assert_gone(client.get(url))
+
+
+def test_it_lists_album_links_with_the_image_links(client, alice, album, image):
+    client.force_login(alice)
+    link = share_album(client, album)
+    share(client, image)
+    html = client.get(reverse("gallery:shares")).content.decode()
+    assert link.token in html
+    assert 'aria-label="Album: open the collection Bakery"' in html
+    html = client.get(album.get_absolute_url()).content.decode()
+    assert f'id="link-{link.pk}"' in html and "Revoke" in html
+    assert "· 1 active link</span>" in html
+
+
+def test_it_checks_ownership_of_album_links(client, alice, bob, album):
+    client.force_login(alice)
+    link = share_album(client, album)
+    client.force_login(bob)
+    assert client.post(reverse("gallery:share_revoke", args=[link.pk])).status_code == 404
+    assert link.token not in client.get(reverse("gallery:shares")).content.decode()
+    link.refresh_from_db()
+    assert link.is_active
+
+
+def test_it_points_a_link_at_an_image_or_a_collection_never_both(alice, album, image):
+    for targets in ({"image": image, "collection": album}, {}):
+        with pytest.raises(IntegrityError), transaction.atomic():
+            ShareLink.objects.create(**targets)
+
+
+def test_it_has_a_constant_number_of_queries_per_album_page(client, alice, album):
+    link = ShareLink.objects.create(collection=album)
+    client.get(f"/s/{link.token}/")
+
+    def grow(to: int) -> None:
+        for i in range(album.items.count(), to):
+            album.add(Generation.objects.filter(pk=done_generation(alice, f"loaf {i}").pk))
+
+    grow(10)
+    with CaptureQueriesContext(connection) as few:
+        assert client.get(f"/s/{link.token}/").status_code == 200
+    grow(50)
+    with CaptureQueriesContext(connection) as many:
+        response = client.get(f"/s/{link.token}/")
+    assert len(response.context["images"]) == PAGE_SIZE
+    assert len(many) == len(few)

@@ -167,6 +167,15 @@ narrow.addEventListener("change", fitMenu);
 narrowMenu.addEventListener("change", fitMenu);
 fitMenu();
 
+// A link to something inside a folded <details> (a collection's #link-N) unfolds it.
+function unfoldTarget() {
+  const id = decodeURIComponent(location.hash.slice(1));
+  const target = id ? document.getElementById(id) : null;
+  target?.closest("details")?.setAttribute("open", "");
+}
+addEventListener("hashchange", unfoldTarget);
+unfoldTarget();
+
 function wire() {
   fitFolds(false);
   wireComposer();

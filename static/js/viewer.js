@@ -31,10 +31,35 @@ function loadMore(pswp) {
   });
 }
 
+function typing(event) {
+  return event.target.closest?.("input, textarea, select");
+}
+
+// The collections panel: the generation's collections (gallery/collections_for.html#picker),
+// fetched for the image in view; its forms swap themselves with htmx.
+function showCollections(pswp, panel) {
+  const url = linkFor(pswp)?.dataset.collections;
+  if (!url || !window.htmx) return;
+  window.htmx.ajax("GET", url, { target: panel, swap: "innerHTML" });
+}
+
+function toggleCollections(pswp) {
+  const panel = pswp.element?.querySelector(".pswp__collections");
+  if (!panel) return;
+  panel.hidden = !panel.hidden;
+  if (!panel.hidden) {
+    showCollections(pswp, panel);
+    panel.addEventListener("htmx:afterSettle", () => panel.querySelector("button, input")?.focus(), { once: true });
+  }
+}
+
 export function startViewer() {
   const cards = document.querySelector("#cards");
   if (!cards) return;
   const galleryUrl = location.href;
+  // An album link's page: the images only, none of the owner's controls, and no detail pages
+  // to show in the address bar.
+  const owner = cards.dataset.viewer !== "public";
   let pushed = false;
 
   const lightbox = new PhotoSwipeLightbox({
@@ -65,6 +90,53 @@ export function startViewer() {
   lightbox.on("afterInit", () => lightbox.pswp.element?.setAttribute("aria-label", "Image viewer"));
   lightbox.on("uiRegister", () => {
     const pswp = lightbox.pswp;
+    // Keys typed in the collections panel's name field are the field's, not the viewer's.
+    pswp.on("keydown", (event) => { if (typing(event.originalEvent)) event.preventDefault(); });
+    if (owner) registerOwnerControls(pswp);
+    pswp.ui.registerElement({
+      name: "info-button",
+      order: 10,
+      isButton: true,
+      title: "Prompt and settings (i)",
+      html: "Info",
+      className: "pswp__button--bg-text pswp__button--info-button",
+      onInit: (element) => {
+        element.setAttribute("aria-label", "Info: prompt and settings (i)");
+        // On an album page without its prompts there is nothing to show.
+        pswp.on("change", () => { element.hidden = !owner && !linkFor(pswp)?.dataset.prompt; });
+      },
+      onClick: () => toggleInfo(pswp),
+    });
+    pswp.ui.registerElement({
+      name: "info",
+      order: 11,
+      isButton: false,
+      appendTo: "root",
+      className: "pswp__info",
+      onInit: (element) => {
+        element.hidden = true;
+        element.setAttribute("aria-live", "polite");
+        pswp.on("change", () => {
+          const link = linkFor(pswp);
+          element.replaceChildren();
+          if (!link) return;
+          const prompt = document.createElement("p");
+          prompt.textContent = link.dataset.prompt ?? "";
+          element.append(prompt);
+          if (!owner) return;
+          const meta = document.createElement("p");
+          meta.className = "pswp__meta";
+          meta.textContent = link.dataset.meta ?? "";
+          const open = document.createElement("a");
+          open.href = link.href;
+          open.textContent = "Open the details page";
+          element.append(meta, open);
+        });
+      },
+    });
+  });
+
+  function registerOwnerControls(pswp) {
     pswp.ui.registerElement({
       name: "favorite",
       order: 8,
@@ -99,41 +171,29 @@ export function startViewer() {
       },
     });
     pswp.ui.registerElement({
-      name: "info-button",
-      order: 10,
+      name: "collections-button",
+      order: 9.5,
       isButton: true,
-      title: "Prompt and settings (i)",
-      html: "Info",
-      className: "pswp__button--bg-text pswp__button--info-button",
-      onInit: (element) => element.setAttribute("aria-label", "Info: prompt and settings (i)"),
-      onClick: () => toggleInfo(pswp),
+      title: "Collections (c)",
+      html: "▦",
+      className: "pswp__button--bg-text pswp__button--collections",
+      onInit: (element) => element.setAttribute("aria-label", "Collections: add it or take it out (c)"),
+      onClick: () => toggleCollections(pswp),
     });
     pswp.ui.registerElement({
-      name: "info",
-      order: 11,
+      name: "collections",
+      order: 12,
       isButton: false,
       appendTo: "root",
-      className: "pswp__info",
+      className: "pswp__collections",
       onInit: (element) => {
         element.hidden = true;
-        element.setAttribute("aria-live", "polite");
-        pswp.on("change", () => {
-          const link = linkFor(pswp);
-          element.replaceChildren();
-          if (!link) return;
-          const prompt = document.createElement("p");
-          prompt.textContent = link.dataset.prompt ?? "";
-          const meta = document.createElement("p");
-          meta.className = "pswp__meta";
-          meta.textContent = link.dataset.meta ?? "";
-          const open = document.createElement("a");
-          open.href = link.href;
-          open.textContent = "Open the details page";
-          element.append(prompt, meta, open);
-        });
+        element.setAttribute("role", "region");
+        element.setAttribute("aria-label", "Collections of this image");
+        pswp.on("change", () => { if (!element.hidden) showCollections(pswp, element); });
       },
     });
-  });
+  }
 
   function toggleFavorite(pswp) {
     const button = favoriteButton(linkFor(pswp));
@@ -157,7 +217,7 @@ export function startViewer() {
   });
   lightbox.on("openingAnimationStart", () => {
     const link = linkFor(lightbox.pswp);
-    if (link) {
+    if (link && owner) {
       history.pushState({ viewer: true }, "", link.href);
       pushed = true;
     }
@@ -185,15 +245,17 @@ export function startViewer() {
 
   document.addEventListener("keydown", (event) => {
     const pswp = lightbox.pswp;
-    if (!pswp || event.ctrlKey || event.metaKey || event.altKey) return;
-    if (event.key === "f") {
+    if (!pswp || event.ctrlKey || event.metaKey || event.altKey || typing(event)) return;
+    if (event.key === "f" && owner) {
       toggleFavorite(pswp);
-    } else if (event.key === "d") {
+    } else if (event.key === "d" && owner) {
       const href = linkFor(pswp)?.dataset.download;
       if (href) location.assign(href);
+    } else if (event.key === "c" && owner) {
+      toggleCollections(pswp);
     } else if (event.key === "i") {
       toggleInfo(pswp);
-    } else if (event.key === "?") {
+    } else if (event.key === "?" && owner) {
       pswp.close();
       document.querySelector("#help")?.showModal();
     }
