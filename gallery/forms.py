@@ -12,7 +12,9 @@ from gallery.models import (
     Generation,
     GenerationQuerySet,
     Image,
+    Post,
     ShareLink,
+    request_fingerprint,
     reserve,
 )
 
@@ -117,21 +119,64 @@ class GenerationForm(forms.ModelForm):
         label="Images",
         error_messages={"invalid_choice": "Ask for 1 to 4 images at a time."},
     )
+    # A new random key in every rendered form: the same form sent twice is made once.
+    key = forms.UUIDField(widget=forms.HiddenInput, initial=uuid.uuid4)
+    # Set by "Generate again anyway": make it although the same image was made before.
+    again = forms.BooleanField(required=False, widget=forms.HiddenInput)
 
     class Meta:
         model = Generation
         fields = ["prompt", "aspect_ratio", "resolution", "output_format"]
 
+    def __init__(self, data=None, *args, **kwargs) -> None:
+        if data is not None and not _is_uuid(data.get("key", "")):
+            # A form rendered before there were keys (or a script's post) gets one of its own,
+            # and so does the form rendered again after it: it is guarded from then on.
+            data = data.copy()
+            data["key"] = str(uuid.uuid4())
+        super().__init__(data, *args, **kwargs)
+
+    @property
+    def fingerprint(self) -> str:
+        return request_fingerprint(*(self.cleaned_data[name] for name in self.Meta.fields))
+
+    def already_made(self, owner) -> Image | None:
+        """The newest finished image of `owner` of this prompt and these settings, unless
+        this is "Generate again anyway" or this form was sent already."""
+        if self.cleaned_data["again"]:
+            return None
+        image = Image.objects.owned_by(owner).made_from(self.fingerprint).first()
+        if image is None or self.was_posted(owner):
+            return None
+        return image
+
+    def was_posted(self, owner) -> bool:
+        return Post.objects.filter(owner=owner, key=self.cleaned_data["key"]).exists()
+
+    def posted_before(self, owner) -> list[Generation]:
+        """What the first sending of this form made (none once they are deleted)."""
+        made = Generation.objects.owned_by(owner).filter(post=self.cleaned_data["key"])
+        return list(made.order_by("id"))
+
     def save_for(self, owner, *, address: str | None) -> list[Generation]:
         """Create `count` generations of the same prompt and settings for `owner`, each
-        counted against their limits (LimitReached when they do not allow them all)."""
+        counted against their limits (LimitReached when they do not allow them all), once per
+        form key (AlreadyPosted when it was sent before)."""
         settings = {name: self.cleaned_data[name] for name in self.Meta.fields}
         count = self.cleaned_data["count"] or 1
-        post = uuid.uuid4()
-        with reserve(owner, settings["resolution"], count, address=address):
+        post = self.cleaned_data["key"]
+        with reserve(owner, settings["resolution"], count, address=address, post=post):
             return [
                 Generation.objects.create(owner=owner, post=post, **settings) for _ in range(count)
             ]
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(str(value))
+    except ValueError:
+        return False
+    return True
 
 
 class GalleryFilterForm(forms.Form):

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import bisect
+import hashlib
 import logging
 import math
 import random
@@ -82,6 +83,14 @@ def wait_words(seconds: int) -> str:
         return ngettext("about %(n)d minute", "about %(n)d minutes", minutes) % {"n": minutes}
     hours = round(seconds / 3600)
     return ngettext("about %(n)d hour", "about %(n)d hours", hours) % {"n": hours}
+
+
+def request_fingerprint(prompt: str, aspect_ratio: str, resolution: str, output_format: str) -> str:
+    """What makes two requests ask for the same image: the prompt with runs of whitespace as one
+    space and case folded ("A  Red kite" is "a red kite"), and the same three settings."""
+    words = " ".join(prompt.split()).casefold()
+    text = "\n".join([words, aspect_ratio, resolution, output_format])
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def day_words(day: date) -> str:
@@ -711,6 +720,9 @@ class Generation(models.Model):
         output_field=models.BooleanField(),
         db_persist=True,
     )
+    # The prompt and settings (request_fingerprint), so that a new post of the same finds the
+    # image its owner already has with one indexed query.
+    fingerprint = models.CharField(max_length=64, blank=True, editable=False)
 
     created_at = models.DateTimeField(default=timezone.now)
     # When this try was queued: at creation, and again at each retry. A card's clock, the
@@ -758,6 +770,7 @@ class Generation(models.Model):
                 condition=Q(is_favorite=True),
                 name="gen_owner_favorite_status",
             ),
+            models.Index(fields=["owner", "fingerprint"], name="gen_owner_fingerprint"),
             # The workers: what is due, whoever owns it.
             models.Index(fields=["status", "next_poll_at"], name="gen_status_poll"),
             models.Index(fields=["status", "retry_at"], name="gen_status_retry"),
@@ -769,6 +782,12 @@ class Generation(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.prompt[:40]}"
+
+    def save(self, *args, **kwargs) -> None:
+        self.fingerprint = request_fingerprint(
+            self.prompt, self.aspect_ratio, self.resolution, self.output_format
+        )
+        super().save(*args, **kwargs)
 
     def get_absolute_url(self) -> str:
         return reverse("gallery:detail", args=[self.pk])
@@ -1219,6 +1238,28 @@ class PromptIndex(models.Model):
         db_table = "gallery_prompt_index"
 
 
+class Post(models.Model):
+    """One submission of the composer form, by the random key rendered in it (and given to its
+    generations as their `post`). A second submission with the same key (a double click, a
+    form sent again from the browser's history, a replay, two web processes at once) finds
+    this row and makes nothing. It stays when the generations are deleted, so that a stale
+    form sent again does not make them anew."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    key = models.UUIDField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["owner", "key"], name="post_once")]
+
+    def __str__(self) -> str:
+        return f"Post {self.key} of user {self.owner_id}"
+
+
+class AlreadyPosted(Exception):
+    """The post of this key was made already: nothing more is made or counted."""
+
+
 # Limits on making generations: every way of making one (a post, a re-run, a retry, and any
 # later entry point) goes through `reserve`.
 
@@ -1262,7 +1303,13 @@ def rate_limits(user, address: str | None) -> list[RateLimit]:
 
 @contextmanager
 def reserve(
-    user, resolution: str, count: int, *, address: str | None, what: str = "This post"
+    user,
+    resolution: str,
+    count: int,
+    *,
+    address: str | None,
+    what: str = "This post",
+    post: uuid.UUID | None = None,
 ) -> Iterator[None]:
     """Let the block make `count` generations at `resolution` for `user` if every limit
     allows them, or raise LimitReached with what is left and when it renews:
@@ -1278,12 +1325,18 @@ def reserve(
     two tabs or two web processes posting at once take turns and the second sees what the
     first made: they cannot overspend together. (SQLite serialises every write transaction
     already: IMMEDIATE.) A refused request makes nothing and counts nothing.
+
+    With `post` (a form's key), AlreadyPosted is raised before any limit is checked when that
+    post was made already: under the same lock, so the same form sent twice at once is made
+    once, and its second sending counts nothing.
     """
     cost = price(resolution).credits * count
     limits = rate_limits(user, address)
     with transaction.atomic():
         users = get_user_model().objects.select_for_update(no_key=True).filter(pk=user.pk)
         list(users.values_list("pk", flat=True))
+        if post is not None and not Post.objects.get_or_create(owner=user, key=post)[1]:
+            raise AlreadyPosted
         check_allowance(Standing.of(user), count, cost, what)
         check_rates(limits, count)
         yield
@@ -1597,6 +1650,17 @@ def _suffix(filename: str) -> str:
 class ImageQuerySet(models.QuerySet):
     def owned_by(self, user) -> ImageQuerySet:
         return self.filter(generation__owner=user)
+
+    def made_from(self, fingerprint: str) -> ImageQuerySet:
+        """Images of finished generations of this prompt and these settings
+        (request_fingerprint), newest first, each with its generation."""
+        return (
+            self.filter(
+                generation__fingerprint=fingerprint, generation__status=Generation.Status.DONE
+            )
+            .select_related("generation")
+            .order_by("-generation_id", "index")
+        )
 
     def without_large_thumbnails(self) -> ImageQuerySet:
         """Images stored before thumbnails kept the image's shape: `rebuild_thumbnails` remakes

@@ -42,6 +42,7 @@ from gallery.forms import (
     parse_ids,
 )
 from gallery.models import (
+    AlreadyPosted,
     Collection,
     CollectionItem,
     GalleryCounts,
@@ -209,22 +210,37 @@ def index(request: HttpRequest) -> HttpResponse:
     return render(request, "gallery/index.html", _gallery_context(request, form))
 
 
+def _composer_again(
+    request: HttpRequest, form: GenerationForm, already: Image | None = None
+) -> HttpResponse:
+    """The form back with the prompt as typed: with its errors, or with the image its owner
+    already has of it (`already`)."""
+    if request.htmx:
+        context = {"form": form, "already": already}
+        response = render(request, "gallery/index.html#generate-form", context)
+        return reswap(retarget(response, "#generate-form"), "outerHTML")
+    # Without htmx the whole page comes back with the prompt and the messages in place.
+    context = {**_gallery_context(request, form), "already": already}
+    return render(request, "gallery/index.html", context, status=200 if already else 400)
+
+
 @require_POST
 def create(request: HttpRequest) -> HttpResponse:
     form = GenerationForm(request.POST)
-    generations = []
-    if form.is_valid():
-        try:
-            generations = form.save_for(request.user, address=_client_address(request))
-        except LimitReached as refused:
-            form.add_error(None, refused.in_form)
-    if not generations:
-        if request.htmx:
-            response = render(request, "gallery/index.html#generate-form", {"form": form})
-            return reswap(retarget(response, "#generate-form"), "outerHTML")
-        # Without htmx the whole page comes back with the prompt and the messages in place.
-        return render(request, "gallery/index.html", _gallery_context(request, form), status=400)
-    tasks.wake_submission()
+    if not form.is_valid():
+        return _composer_again(request, form)
+    if already := form.already_made(request.user):
+        return _composer_again(request, form, already)
+    try:
+        generations = form.save_for(request.user, address=_client_address(request))
+    except LimitReached as refused:
+        form.add_error(None, refused.in_form)
+        return _composer_again(request, form)
+    except AlreadyPosted:
+        # The same form again (a double click, a resubmit): answered as the first was.
+        generations = form.posted_before(request.user)
+    else:
+        tasks.wake_submission()
     if not request.htmx:
         return redirect("gallery:index")
     context = {

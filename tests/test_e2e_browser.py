@@ -712,6 +712,96 @@ def test_it_downloads_with_provenance_and_exports_a_selection(stack, browser, ga
     context.close()
 
 
+# The double-charge guard, and the notice when an image is done
+
+
+def wait_until_idle(stack: Stack, timeout: float = 60) -> None:
+    """Until nothing is pending anywhere on the stack: then the simulator's count of createTask
+    calls says what this test's posts sent."""
+    import time
+
+    code = "from gallery.models import Generation; print(Generation.objects.pending().count())"
+    deadline = time.monotonic() + timeout
+    while stack.shell(code).strip().splitlines()[-1] != "0":
+        assert time.monotonic() < deadline, "the stack's work did not finish"
+        time.sleep(0.5)
+
+
+def create_task_calls(stack: Stack) -> int:
+    import requests
+
+    status = requests.get(stack.simulator_url + "/_simulator/status", timeout=5).json()
+    return status["createTask"]["calls"]
+
+
+def generations_of(stack: Stack, username: str) -> int:
+    code = "from gallery.models import Generation; "
+    code += f"print(Generation.objects.filter(owner__username={username!r}).count())"
+    return int(stack.shell(code).strip().splitlines()[-1])
+
+
+def test_it_makes_one_post_of_a_double_click_and_says_when_an_image_was_made_already(
+    stack, browser
+):
+    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    page = context.new_page()
+    violations = watch_csp(page)
+    sign_up(page, stack, "hana")
+    wait_until_idle(stack)
+    calls = create_task_calls(stack)
+    posts: list[str] = []
+    page.on(
+        "request",
+        lambda r: r.method == "POST" and "/generations/new/" in r.url and posts.append(r.url),
+    )
+
+    page.fill("#id_prompt", "a teapot of blue glass on a windowsill")
+    # The form as it is sent, to send it again later as a replay would.
+    page.evaluate(
+        "() => { window.__sent = new FormData(document.querySelector('#generate-form')) }"
+    )
+    page.dblclick("button.button--generate")
+    card = page.locator("article.tile")
+    card.locator("img").wait_for(timeout=30_000)
+    assert card.count() == 1 and len(posts) == 1
+    assert generations_of(stack, "hana") == 1
+
+    # The same form sent again (a replay, or a double click that htmx did not hold back) makes
+    # nothing either: the server answers as it did the first time.
+    replay = """async () => (await fetch('/generations/new/',
+        {method: 'POST', body: window.__sent, redirect: 'manual'})).type"""
+    assert page.evaluate(replay) == "opaqueredirect"
+    wait_until_idle(stack)
+    assert generations_of(stack, "hana") == 1
+    assert create_task_calls(stack) == calls + 1
+
+    # The same prompt (spaces and case aside) and settings: the image made already, first.
+    page.fill("#id_prompt", "A teapot of  blue glass on a WINDOWSILL")
+    page.click("button.button--generate")
+    notice = page.locator("#generate-form .already")
+    notice.wait_for()
+    assert "You already have this image" in notice.inner_text()
+    page.wait_for_function("() => document.querySelector('.already img').naturalWidth > 0")
+    detail = card.locator("a.tile-link").get_attribute("href")
+    assert notice.get_by_role("link", name="Open it").get_attribute("href") == detail
+    assert page.input_value("#id_prompt") == "A teapot of  blue glass on a WINDOWSILL"
+    assert generations_of(stack, "hana") == 1
+    for (width, height), scheme in [(v, s) for v in VIEWPORTS for s in SCHEMES]:
+        page.set_viewport_size({"width": width, "height": height})
+        page.emulate_media(color_scheme=scheme)
+        check_page(page)
+        page.screenshot(path=str(stack.artifacts / f"already-made-{width}-{scheme}.png"))
+
+    notice.get_by_role("button", name="Generate again anyway").click()
+    page.wait_for_function("() => document.querySelectorAll('article.tile').length === 2")
+    assert page.locator("#generate-form .already").count() == 0
+    assert page.input_value("#id_prompt") == ""
+    assert generations_of(stack, "hana") == 2
+    assert len(posts) == 4  # the double click's one, the replay, the notice, "again"
+    assert not violations, violations
+    context.close()
+
+
 COLLECTOR = """
 from django.contrib.auth.models import User
 from tests.factories import image_size, make_generation, make_image
@@ -814,3 +904,79 @@ def test_it_collects_images_and_shares_them_as_an_album(stack, browser):
     assert not violations + public_violations, violations + public_violations
     owner.close()
     visitor.close()
+
+
+# Notifications recorded as they are made, and a tab that the test can hide.
+NOTIFICATIONS = """
+window.__notices = [];
+window.__asked = 0;
+const Real = window.Notification;
+class Recorded extends Real {
+  constructor(title, options) {
+    super(title, options);
+    window.__notices.push(this);
+  }
+  static requestPermission() {
+    window.__asked += 1;
+    return Real.requestPermission();
+  }
+}
+window.Notification = Recorded;
+window.__hidden = false;
+Object.defineProperty(Document.prototype, "hidden", { get: () => window.__hidden });
+"""
+
+
+def test_it_counts_what_is_on_its_way_in_the_title_and_notifies_when_it_is_done(stack, browser):
+    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    context.add_init_script(NOTIFICATIONS)
+    context.grant_permissions(["notifications"], origin=stack.url)
+    page = context.new_page()
+    violations = watch_csp(page)
+    sign_up(page, stack, "iris")
+    assert page.title() == "Your gallery · Banana Gallery"
+
+    toggle = page.locator("[data-notify-toggle]")
+    assert toggle.inner_text() == "Notify me"
+    assert page.evaluate("window.__asked") == 0  # never asked before the click
+    toggle.click()
+    page.wait_for_function(
+        "() => document.querySelector('[data-notify-toggle]').ariaPressed === 'true'"
+    )
+    assert toggle.inner_text() == "Notifications on"
+    assert page.evaluate("window.__asked") == 1
+    page.reload()
+    assert toggle.inner_text() == "Notifications on"  # remembered in this browser
+
+    page.fill("#id_prompt", "a slow render of a harbour at night")
+    page.click("button.button--generate")
+    page.wait_for_function("() => document.title === '(1) Your gallery · Banana Gallery'")
+    page.evaluate("window.__hidden = true")
+    page.wait_for_function(
+        "() => document.title === '✓ Done — a slow render of a harbour at night'", timeout=30_000
+    )
+    page.wait_for_function("() => window.__notices.length === 1")
+    notice = page.evaluate("() => ({title: __notices[0].title, body: __notices[0].body})")
+    assert notice == {"title": "Your image is done", "body": "a slow render of a harbour at night"}
+
+    # Back in view, the title settles on the count (none on their way now).
+    page.evaluate("window.__hidden = false")
+    page.wait_for_function(
+        "() => document.title === 'Your gallery · Banana Gallery'", timeout=10_000
+    )
+    # A click on the notification opens the image.
+    page.evaluate("() => __notices[0].dispatchEvent(new Event('click'))")
+    page.locator(".pswp--open").wait_for()
+    page.wait_for_function("() => document.activeElement?.closest('.pswp') !== null")
+    page.keyboard.press("Escape")
+    page.locator(".pswp--open").wait_for(state="detached")
+
+    # In view, nothing is notified: the title says it.
+    page.fill("#id_prompt", "a second harbour, in fog [sim:fail]")
+    page.click("button.button--generate")
+    page.wait_for_function(
+        "() => document.title.startsWith('✕ Failed — a second harbour')", timeout=30_000
+    )
+    assert page.evaluate("window.__notices.length") == 1
+    assert not violations, violations
+    context.close()

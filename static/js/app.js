@@ -1,5 +1,6 @@
 // Small behaviours that htmx does not cover. Every page works without them.
 import { startGrid } from "./grid.js";
+import { startNotices } from "./notify.js";
 import { startViewer } from "./viewer.js";
 
 const root = document.documentElement;
@@ -186,3 +187,4 @@ document.addEventListener("htmx:afterSettle", wire);
 wire();
 startGrid();
 startViewer();
+startNotices();
