@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.contrib import messages
+from django.db.models import F
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.cache import add_never_cache_headers
@@ -13,7 +14,11 @@ from api.models import ApiToken
 def _tokens_page(
     request: HttpRequest, form: ApiTokenForm, status: int = 200, **extra
 ) -> HttpResponse:
-    context = {"form": form, "tokens": ApiToken.objects.owned_by(request.user), **extra}
+    # The ones in use first, newest first; then the revoked ones.
+    tokens = ApiToken.objects.owned_by(request.user).order_by(
+        F("revoked_at").desc(nulls_first=True), "-created_at"
+    )
+    context = {"form": form, "tokens": tokens, **extra}
     return render(request, "api/tokens.html", context, status=status)
 
 
