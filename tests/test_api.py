@@ -133,6 +133,21 @@ def test_it_keeps_the_token_page_for_signed_in_users(client):
     assert response["Location"].startswith(reverse("account_login"))
 
 
+def test_it_lets_staff_revoke_a_token_in_the_admin(client, alice, alice_token, charlie):
+    charlie.is_staff = charlie.is_superuser = True
+    charlie.save()
+    token = ApiToken.objects.with_secret(alice_token)
+    client.force_login(charlie)
+    page = client.get(reverse("admin:api_apitoken_change", args=[token.pk])).content.decode()
+    assert token.prefix in page and token.hash not in page
+    response = client.post(
+        reverse("admin:api_apitoken_changelist"),
+        {"action": "revoke", "_selected_action": [token.pk]},
+    )
+    assert response.status_code == 302
+    error(client.get(f"{API}/generations", headers=bearer(alice_token)), 401, "token_revoked")
+
+
 # Signing in with a token
 
 
