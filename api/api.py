@@ -20,7 +20,7 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.utils.http import urlencode
 from django_ratelimit.core import get_usage
-from ninja import Field, NinjaAPI, Query, Schema, Status
+from ninja import Field, NinjaAPI, Path, Query, Schema, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.openapi.docs import DocsBase
 from ninja.responses import codes_4xx
@@ -53,6 +53,8 @@ ERROR_CODES = {
     429: "rate_limited",
 }
 PAGE_SIZE_MAX = 100
+# Ids are 64-bit: a larger number is not found rather than an overflow in the database.
+ID_MAX = 2**63 - 1
 
 
 class ApiError(Exception):
@@ -119,8 +121,8 @@ def _count_request(token: ApiToken) -> None:
         raise ApiError(
             429,
             "rate_limited",
-            f"Too many requests with this token (at most {usage['limit']} in a row); "
-            f"try again in {wait_words(wait)}.",
+            f"Too many requests with this token: at most {usage['limit']} are allowed in a "
+            f"short time; try again in {wait_words(wait)}.",
             retry_after=wait,
         )
 
@@ -189,7 +191,7 @@ def _invalid(request: HttpRequest, exc: ValidationError) -> HttpResponse:
     for error in exc.errors:
         # ("body", "payload", "prompt") or ("query", "before"): the field is what follows.
         where = [str(part) for part in error.get("loc", ())[1:] if part != "payload"]
-        name = ".".join(where[-1:]) or "body"
+        name = where[-1] if where else "body"
         fields[name] = " ".join(filter(None, [fields.get(name), error["msg"]]))
     return error_response(request, 422, "invalid", "Some of the input is not valid.", fields)
 
@@ -319,7 +321,9 @@ class GalleryQuery(Schema):
     favorites: bool = False
     aspect_ratio: str | None = Field(None, json_schema_extra=_choices(provider.ASPECT_RATIOS))
     resolution: str | None = Field(None, json_schema_extra=_choices(provider.RESOLUTIONS))
-    before: int | None = Field(None, description="The cursor: only generations older than it.")
+    before: int | None = Field(
+        None, ge=1, le=ID_MAX, description="The cursor: only generations older than it."
+    )
     limit: int = Field(views.PAGE_SIZE, ge=1, le=PAGE_SIZE_MAX)
 
 
@@ -411,13 +415,13 @@ def list_generations(request: HttpRequest, filters: Query[GalleryQuery]):
     tags=["generations"],
     url_name="generation",
 )
-def get_generation(request: HttpRequest, generation_id: int):
+def get_generation(request: HttpRequest, generation_id: int = Path(..., ge=1, le=ID_MAX)):
     """One generation: its status, timings and images (poll this until `is_pending` is false)."""
     return _generation_out(request, _get_generation_for_user(request, generation_id))
 
 
 @api.delete("/generations/{generation_id}", response={204: None, **ERRORS}, tags=["generations"])
-def delete_generation(request: HttpRequest, generation_id: int):
+def delete_generation(request: HttpRequest, generation_id: int = Path(..., ge=1, le=ID_MAX)):
     """Delete a generation with its images and share links, as the gallery does."""
     generation = _get_generation_for_user(request, generation_id)
     Generation.objects.filter(pk=generation.pk).delete_with_files()
@@ -449,7 +453,9 @@ FILE_RESPONSES = {
     url_name="image_file",
     openapi_extra=FILE_RESPONSES,
 )
-def image_file(request: HttpRequest, image_id: int, download: str | None = None):
+def image_file(
+    request: HttpRequest, image_id: int = Path(..., ge=1, le=ID_MAX), download: str | None = None
+):
     """The image file; with `download` set, as an attachment named after its prompt."""
     return views.image_file(request, _own_image_id(request, image_id))
 
@@ -461,6 +467,6 @@ def image_file(request: HttpRequest, image_id: int, download: str | None = None)
     url_name="image_thumbnail",
     openapi_extra=FILE_RESPONSES,
 )
-def image_thumbnail(request: HttpRequest, image_id: int):
+def image_thumbnail(request: HttpRequest, image_id: int = Path(..., ge=1, le=ID_MAX)):
     """The image's WebP thumbnail, THUMBNAIL_HEIGHT pixels tall."""
     return views.image_thumbnail(request, _own_image_id(request, image_id))

@@ -219,8 +219,8 @@ def test_it_limits_requests_per_token(client, alice, alice_token, settings):
     response = client.get(f"{API}/generations", headers=bearer(alice_token))
     message = error(response, 429, "rate_limited")["message"]
     assert re.fullmatch(
-        r"Too many requests with this token \(at most 3 in a row\); try again in about \d+ "
-        r"seconds?\.",
+        r"Too many requests with this token: at most 3 are allowed in a short time; try again "
+        r"in about \d+ seconds?\.",
         message,
     ), message
     assert 1 <= int(response["Retry-After"]) <= 60
@@ -460,6 +460,8 @@ def test_it_answers_every_error_in_one_shape(client, alice, alice_token, caplog)
     error(client.put(f"{API}/generations", headers=bearer(alice_token)), 405, "method_not_allowed")
     error(client.get(f"{API}/no/such/thing", headers=bearer(alice_token)), 404, "not_found")
     error(client.get(f"{API}/generations/abc", headers=bearer(alice_token)), 422, "invalid")
+    too_big = client.get(f"{API}/generations/{2**64}", headers=bearer(alice_token))
+    assert set(error(too_big, 422, "invalid")["fields"]) == {"generation_id"}
     # An unexpected failure: an image whose file is gone from storage.
     image = done_generation(alice).images.get()
     image.file.storage.delete(image.file.name)
