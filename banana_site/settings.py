@@ -171,6 +171,7 @@ INSTALLED_APPS = [
     "accounts",
     "gallery",
     "ledger",
+    "api",
 ]
 # Development-only commands (`manage.py simulator`), so a production `manage.py help` has none.
 if DEBUG:
@@ -256,6 +257,9 @@ RATELIMIT_VIEW = "gallery.views.rate_limited"
 # count too. Sign-in, sign-up and password reset are limited by allauth below.
 RATELIMIT_GENERATE = os.getenv("RATELIMIT_GENERATE", "30/m")
 RATELIMIT_GENERATE_ADDRESS = os.getenv("RATELIMIT_GENERATE_ADDRESS", "60/m")
+# Requests with one API token, whatever they ask for (a status poll counts too): a script in a
+# tight loop is slowed down on its own, without touching its user's other tokens or the web.
+RATELIMIT_API_TOKEN = os.getenv("RATELIMIT_API_TOKEN", "120/m")
 
 # Only our own scripts, styles and images: htmx is served from here and needs no eval.
 CONTENT_SECURITY_POLICY = {

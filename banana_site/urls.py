@@ -4,6 +4,7 @@ from allauth.account.decorators import secure_admin_login
 from django.contrib import admin
 from django.urls import include, path
 
+from api.urls import api_urlpatterns
 from gallery import views
 
 # The admin signs in through the site's login page, with its throttling and two-factor step.
@@ -20,6 +21,9 @@ urlpatterns = [
     path("s/<str:token>/image", views.share_image, name="share_image"),
     path("s/<str:token>/images/<id:pk>", views.album_image, name="album_image"),
     path("s/<str:token>/images/<id:pk>/thumbnail", views.album_thumbnail, name="album_thumbnail"),
+    # The JSON API: token-authenticated, so it needs no login (api/urls.py).
+    *api_urlpatterns,
+    path("", include("api.urls")),
     path("", include("accounts.urls")),
     path("", include("ledger.urls")),
     path("", include("gallery.urls")),

@@ -1266,12 +1266,18 @@ class AlreadyPosted(Exception):
 
 class LimitReached(Exception):
     """Generations refused by a limit. `message` says which, what is left and when it renews
-    or when to go on; `in_form` says the same under the form, which keeps the prompt."""
+    or when to go on; `in_form` says the same under the form, which keeps the prompt. `code`
+    names the limit for scripts (the API's error code), and `retry_after` is the seconds until
+    the same request would pass, where that is known."""
 
-    def __init__(self, message: str, in_form: str = "") -> None:
+    def __init__(
+        self, message: str, in_form: str = "", *, code: str, retry_after: int | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.in_form = in_form or message
+        self.code = code
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -1353,7 +1359,8 @@ def check_allowance(standing: Standing, count: int, cost: int, what: str) -> Non
         have = f"you have {left:,} left" if left else "you have none left"
         raise LimitReached(
             f"{needs % {'what': what, 'n': f'{cost:,}'}} and {have} this month; your budget "
-            f"renews on {day_words(allowance.renews_on)}."
+            f"renews on {day_words(allowance.renews_on)}.",
+            code="monthly_budget",
         )
     today = standing.images_left_today
     if today is not None and count > today:
@@ -1369,7 +1376,7 @@ def check_allowance(standing: Standing, count: int, cost: int, what: str) -> Non
                 "You have used today's %(n)d images; you can make more tomorrow.",
                 daily,
             ) % {"n": daily}
-        raise LimitReached(text)
+        raise LimitReached(text, code="daily_limit")
     room = standing.room
     if room is not None and count > room:
         on_way = ngettext(
@@ -1382,7 +1389,7 @@ def check_allowance(standing: Standing, count: int, cost: int, what: str) -> Non
             text += f": ask for {room} or fewer, or try again when some are done."
         else:
             text += "; try again when some are done."
-        raise LimitReached(text)
+        raise LimitReached(text, code="too_many_pending")
 
 
 def check_rates(limits: list[RateLimit], count: int) -> None:
@@ -1397,7 +1404,8 @@ def check_rates(limits: list[RateLimit], count: int) -> None:
                     "At most %(n)d images can be made in a short time; ask for fewer.",
                     usage["limit"],
                 )
-                % {"n": usage["limit"]}
+                % {"n": usage["limit"]},
+                code="rate_limited",
             )
         # The count starts again when the limit's window ends (django-ratelimit's windows are
         # fixed, so this is when the images can be asked for, not an estimate).
@@ -1410,7 +1418,12 @@ def check_rates(limits: list[RateLimit], count: int) -> None:
             )
         else:
             text = f"That is a lot of images in a short time. You can generate again in {wait}"
-        raise LimitReached(f"{text}.", f"{text}; your prompt is still here.")
+        raise LimitReached(
+            f"{text}.",
+            f"{text}; your prompt is still here.",
+            code="rate_limited",
+            retry_after=usage["time_left"],
+        )
 
 
 # The poll schedule, learnt from render times.

@@ -447,6 +447,7 @@ def test_it_draws_the_collection_pages_whole_and_accessible(
         "collections": "/collections/",
         "collection": f"/collections/{gallery['collection']}/",
         "album": f"/s/{gallery['album']}/",
+        "api-tokens": "/accounts/api-tokens/",
     }
     draw_pages(stack, browser, gallery, viewport, scheme, pages)
 
@@ -467,6 +468,41 @@ def test_it_draws_the_login_and_signup_pages_whole_and_accessible(stack, browser
         found = axe_violations(browser, stack.url + path, None, viewport, scheme)
         problems += [f"{name}: {v}" for v in found]
     assert not problems, problems
+    assert not violations, violations
+    context.close()
+
+
+def test_it_makes_an_api_token_that_a_script_uses_until_it_is_revoked(stack, browser, gallery):
+    import requests
+
+    context = browser.new_context(
+        storage_state=gallery["state"], viewport={"width": 1440, "height": 900}
+    )
+    page = context.new_page()
+    violations = watch_csp(page)
+    page.goto(stack.url + "/accounts/")
+    page.click("text=Manage API tokens")
+    page.fill("input[name=name]", "e2e script")
+    page.click("button:has-text('Make a token')")
+    secret = page.input_value("#token-secret")
+    assert secret.startswith("bnn_")
+
+    headers = {"Authorization": f"Bearer {secret}"}
+    listed = requests.get(stack.url + "/api/v1/generations", headers=headers, timeout=10)
+    assert listed.status_code == 200
+    assert gallery["detail"] in [g["id"] for g in listed.json()["generations"]]
+
+    page.reload()
+    assert secret not in page.content()  # shown that once only
+    page.get_by_role("button", name="Revoke e2e script").click()
+    page.wait_for_load_state()
+    refused = requests.get(stack.url + "/api/v1/generations", headers=headers, timeout=10)
+    assert refused.status_code == 401
+    assert refused.json()["error"]["code"] == "token_revoked"
+
+    # The docs page: the vendored Swagger UI, drawn under the CSP.
+    page.goto(stack.url + "/api/v1/docs")
+    page.locator(".opblock").first.wait_for()
     assert not violations, violations
     context.close()
 

@@ -1,0 +1,472 @@
+"""The JSON API for scripts, at /api/v1/ (django-ninja), with a personal token as a Bearer.
+
+It is the web app again, not a second set of rules: a generation is checked by the same form
+and made through the same `reserve` (limits and budget), the gallery list takes the same
+filters and keyset cursor, and images are served by the owner's own view. Every error, from
+a bad token to an unexpected exception, has one shape (ErrorOut).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from uuid import UUID
+
+from allauth.account.adapter import get_adapter
+from django import forms
+from django.conf import settings
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.urls import reverse
+from django.utils.http import urlencode
+from django_ratelimit.core import get_usage
+from ninja import Field, NinjaAPI, Path, Query, Schema, Status
+from ninja.errors import AuthenticationError, HttpError, ValidationError
+from ninja.openapi.docs import DocsBase
+from ninja.responses import codes_4xx
+from ninja.security import HttpBearer
+
+from accounts.models import Approval
+from api.models import ApiToken
+from gallery import provider, tasks, views
+from gallery.forms import GalleryFilterForm, GenerationForm
+from gallery.models import Generation, Image, LimitReached, wait_words
+
+logger = logging.getLogger(__name__)
+
+# A refused generation's status by the limit that refused it: 429 for what passes again by
+# itself in a while (a rate limit; images still on their way), 403 for an allowance used up
+# until it renews (the month's budget, the day's images), which no retry loop should hammer.
+LIMIT_STATUS = {
+    "rate_limited": 429,
+    "too_many_pending": 429,
+    "monthly_budget": 403,
+    "daily_limit": 403,
+}
+ERROR_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    422: "invalid",
+    429: "rate_limited",
+}
+PAGE_SIZE_MAX = 100
+# Ids are 64-bit: a larger number is not found rather than an overflow in the database.
+ID_MAX = 2**63 - 1
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        fields: dict[str, str] | None = None,
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.fields = fields or {}
+        self.retry_after = retry_after
+
+
+class ErrorBody(Schema):
+    code: str = Field(description="What went wrong, for scripts: not_found, invalid, …")
+    message: str = Field(description="What went wrong and what to do, in words for people.")
+    fields: dict[str, str] = Field(description="Per input field, what is wrong with it.")
+
+
+class ErrorOut(Schema):
+    error: ErrorBody
+
+
+class TokenAuth(HttpBearer):
+    def authenticate(self, request: HttpRequest, token: str) -> ApiToken | None:
+        if not token:
+            return None  # no token at all: AuthenticationError, "send one"
+        found = ApiToken.objects.with_secret(token)
+        if found is None:
+            raise ApiError(
+                401,
+                "invalid_token",
+                "That API token is not valid: copy it again, or make a new one under "
+                "Account, API tokens.",
+            )
+        if found.is_revoked:
+            raise ApiError(401, "token_revoked", "That API token was revoked; make a new one.")
+        user = found.user
+        if not user.is_active or Approval.status_of(user) != Approval.Status.APPROVED:
+            raise ApiError(401, "account_inactive", "The account of that token cannot sign in.")
+        _count_request(found)
+        found.record_use()
+        # The gallery's own views and querysets read the user from here.
+        request.user = user
+        return found
+
+
+def _count_request(token: ApiToken) -> None:
+    """The per-token request limit (RATELIMIT_API_TOKEN), on top of the user's own limits."""
+    rate = settings.RATELIMIT_API_TOKEN
+    if not rate:
+        return
+    usage = get_usage(
+        None, group="api-token", key=lambda group, request: str(token.pk), rate=rate, increment=True
+    )
+    if usage is not None and usage["should_limit"]:
+        wait = max(1, usage["time_left"])
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"Too many requests with this token: at most {usage['limit']} are allowed in a "
+            f"short time; try again in {wait_words(wait)}.",
+            retry_after=wait,
+        )
+
+
+class VendoredSwagger(DocsBase):
+    """Swagger UI from static/vendor/ (ninja's own page would load it from a CDN)."""
+
+    def render_page(self, request: HttpRequest, api: NinjaAPI, **kwargs) -> HttpResponse:
+        context = {"openapi_url": self.get_openapi_url(api, kwargs), "api": api}
+        return render(request, "api/docs.html", context)
+
+
+api = NinjaAPI(
+    title="Banana Gallery API",
+    version="1",
+    description=(
+        "Make images, follow them, list and download them, with a personal API token "
+        "(Account, API tokens) sent as `Authorization: Bearer bnn_…`. Every error is "
+        '`{"error": {"code": …, "message": …, "fields": {…}}}`.'
+    ),
+    urls_namespace="api-v1",
+    auth=TokenAuth(),
+    docs=VendoredSwagger(),
+    docs_url="/docs",
+)
+
+
+def error_response(
+    request: HttpRequest,
+    status: int,
+    code: str,
+    message: str,
+    fields: dict[str, str] | None = None,
+    retry_after: int | None = None,
+) -> HttpResponse:
+    body = {"error": {"code": code, "message": message, "fields": fields or {}}}
+    response = api.create_response(request, body, status=status)
+    if status == 401:
+        response["WWW-Authenticate"] = 'Bearer realm="api"'
+    if retry_after is not None:
+        response["Retry-After"] = str(retry_after)
+    return response
+
+
+@api.exception_handler(ApiError)
+def _api_error(request: HttpRequest, exc: ApiError) -> HttpResponse:
+    return error_response(request, exc.status, exc.code, exc.message, exc.fields, exc.retry_after)
+
+
+@api.exception_handler(AuthenticationError)
+def _unauthenticated(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
+    # Only the Authorization header counts: a browser's session cookie is not a way in (see
+    # the README's API section for why).
+    return error_response(
+        request,
+        401,
+        "unauthorized",
+        "Send a personal API token: Authorization: Bearer bnn_… (make one under Account, "
+        "API tokens).",
+    )
+
+
+@api.exception_handler(ValidationError)
+def _invalid(request: HttpRequest, exc: ValidationError) -> HttpResponse:
+    fields: dict[str, str] = {}
+    for error in exc.errors:
+        # ("body", "payload", "prompt") or ("query", "before"): the field is what follows.
+        where = [str(part) for part in error.get("loc", ())[1:] if part != "payload"]
+        name = where[-1] if where else "body"
+        fields[name] = " ".join(filter(None, [fields.get(name), error["msg"]]))
+    return error_response(request, 422, "invalid", "Some of the input is not valid.", fields)
+
+
+@api.exception_handler(Http404)
+def _not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
+    return error_response(request, 404, "not_found", "Not found among yours.")
+
+
+@api.exception_handler(HttpError)
+def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    code = ERROR_CODES.get(exc.status_code, "error")
+    return error_response(request, exc.status_code, code, str(exc))
+
+
+@api.exception_handler(Exception)
+def _unexpected(request: HttpRequest, exc: Exception) -> HttpResponse:
+    logger.exception("API request failed: %s %s", request.method, request.path)
+    return error_response(
+        request,
+        500,
+        "server_error",
+        "Something went wrong on our side; it is logged. Try again in a while.",
+    )
+
+
+def _form_invalid(form: forms.Form) -> ApiError:
+    fields = {name: " ".join(errors) for name, errors in form.errors.items()}
+    return ApiError(422, "invalid", "Some of the input is not valid.", fields)
+
+
+def _absolute(request: HttpRequest, path: str) -> str:
+    # SITE_URL wins behind a proxy that does not pass the public host on.
+    if settings.SITE_URL:
+        return settings.SITE_URL.rstrip("/") + path
+    return request.build_absolute_uri(path)
+
+
+def _get_generation_for_user(request: HttpRequest, pk: int) -> Generation:
+    found = Generation.objects.owned_by(request.user).prefetch_related("images").filter(pk=pk)
+    generation = found.first()
+    if generation is None:
+        raise ApiError(404, "not_found", f"You have no generation {pk}.")
+    return generation
+
+
+def _own_image_id(request: HttpRequest, pk: int) -> int:
+    """`pk` if it is one of the user's images. The gallery's view checks that too, with its
+    own 404; this one says which image."""
+    if not Image.objects.owned_by(request.user).filter(pk=pk).exists():
+        raise ApiError(404, "not_found", f"You have no image {pk}.")
+    return pk
+
+
+# Schemas
+
+
+def _choices(values: tuple[str, ...]) -> dict:
+    # Checked by the gallery's form, not by the schema, so the messages are the form's.
+    return {"enum": list(values)}
+
+
+class GenerationIn(Schema):
+    prompt: str = Field(
+        description="What to draw.", json_schema_extra={"maxLength": provider.PROMPT_MAX_LENGTH}
+    )
+    aspect_ratio: str = Field("auto", json_schema_extra=_choices(provider.ASPECT_RATIOS))
+    resolution: str = Field("1K", json_schema_extra=_choices(provider.RESOLUTIONS))
+    output_format: str = Field("png", json_schema_extra=_choices(provider.OUTPUT_FORMATS))
+    count: int = Field(1, description="Variations of the prompt, 1 to 4: each is one image.")
+
+
+class ImageOut(Schema):
+    id: int
+    index: int
+    width: int
+    height: int
+    bytes: int
+    format: str
+    content_type: str
+    file_url: str = Field(description="The file (token needed); on S3 a redirect to it.")
+    download_url: str = Field(description="The same as an attachment with its file name.")
+    thumbnail_url: str
+
+
+class TimingsOut(Schema):
+    waiting: float | None = Field(description="Seconds in our queue and the service's.")
+    rendering: float | None
+    total: float | None
+
+
+class GenerationOut(Schema):
+    id: int
+    prompt: str
+    aspect_ratio: str
+    resolution: str
+    output_format: str
+    status: str = Field(json_schema_extra=_choices(tuple(Generation.Status.values)))
+    status_text: str = Field(description="The status in words, as the gallery shows it.")
+    is_pending: bool
+    is_favorite: bool
+    fail_code: str
+    fail_message: str
+    post: UUID | None = Field(description="The post (1-4 variations) it was made in.")
+    created_at: datetime
+    queued_at: datetime
+    submitted_at: datetime | None
+    finished_at: datetime | None
+    timings: TimingsOut
+    web_url: str
+    images: list[ImageOut]
+
+
+class GenerationsOut(Schema):
+    generations: list[GenerationOut]
+
+
+class GalleryOut(Schema):
+    generations: list[GenerationOut]
+    next_cursor: int | None = Field(description="`before` for the next page; null at the end.")
+    next_url: str | None
+
+
+class GalleryQuery(Schema):
+    q: str | None = Field(None, description="Words in the prompt.")
+    status: str | None = Field(None, json_schema_extra=_choices(("pending", "done", "failed")))
+    favorites: bool = False
+    aspect_ratio: str | None = Field(None, json_schema_extra=_choices(provider.ASPECT_RATIOS))
+    resolution: str | None = Field(None, json_schema_extra=_choices(provider.RESOLUTIONS))
+    before: int | None = Field(
+        None, ge=1, le=ID_MAX, description="The cursor: only generations older than it."
+    )
+    limit: int = Field(views.PAGE_SIZE, ge=1, le=PAGE_SIZE_MAX)
+
+
+def _image_out(request: HttpRequest, image: Image) -> dict:
+    file_url = _absolute(request, reverse("api-v1:image_file", args=[image.pk]))
+    return {
+        "id": image.pk,
+        "index": image.index,
+        "width": image.width,
+        "height": image.height,
+        "bytes": image.bytes,
+        "format": image.format,
+        "content_type": image.content_type,
+        "file_url": file_url,
+        "download_url": f"{file_url}?download=1",
+        "thumbnail_url": _absolute(request, reverse("api-v1:image_thumbnail", args=[image.pk])),
+    }
+
+
+def _generation_out(request: HttpRequest, generation: Generation) -> dict:
+    fields = ["id", "prompt", "aspect_ratio", "resolution", "output_format", "status"]
+    fields += ["status_text", "is_pending", "is_favorite", "fail_code", "fail_message", "post"]
+    fields += ["created_at", "queued_at", "submitted_at", "finished_at", "timings"]
+    return {
+        **{name: getattr(generation, name) for name in fields},
+        "web_url": _absolute(request, generation.get_absolute_url()),
+        "images": [_image_out(request, image) for image in generation.images.all()],
+    }
+
+
+# Generations
+
+ERRORS = {codes_4xx: ErrorOut}
+
+
+@api.post(
+    "/generations",
+    response={201: GenerationsOut, **ERRORS},
+    tags=["generations"],
+    url_name="create",
+)
+def create_generations(request: HttpRequest, payload: GenerationIn):
+    """Make 1-4 images of a prompt, checked and limited as the gallery's form is: 422 for bad
+    input, 429 for a rate limit or too many images on their way (with Retry-After when known),
+    403 when the month's budget or the day's images are used up."""
+    form = GenerationForm(payload.dict())
+    if not form.is_valid():
+        raise _form_invalid(form)
+    address = get_adapter(request).get_client_ip(request)
+    try:
+        generations = form.save_for(request.user, address=address)
+    except LimitReached as refused:
+        raise ApiError(
+            LIMIT_STATUS[refused.code], refused.code, refused.message, None, refused.retry_after
+        ) from None
+    tasks.wake_submission()
+    return Status(201, {"generations": [_generation_out(request, g) for g in generations]})
+
+
+@api.get("/generations", response={200: GalleryOut, **ERRORS}, tags=["generations"])
+def list_generations(request: HttpRequest, filters: Query[GalleryQuery]):
+    """The gallery, newest first, with its filters; page on with `before=next_cursor`."""
+    given = filters.dict(exclude={"limit"})
+    filter_form = GalleryFilterForm({k: v for k, v in given.items() if v not in (None, False)})
+    if not filter_form.is_valid():
+        raise _form_invalid(filter_form)
+    generations = filter_form.filter(Generation.objects.owned_by(request.user))
+    if cursor := filter_form.cursor():
+        generations = generations.filter(pk__lt=cursor)
+    page = list(generations.prefetch_related("images")[: filters.limit + 1])
+    more = len(page) > filters.limit
+    page = page[: filters.limit]
+    next_cursor = page[-1].pk if more else None
+    next_url = None
+    if next_cursor:
+        query = {k: v for k, v in request.GET.items() if k != "before"}
+        query["before"] = next_cursor
+        next_url = _absolute(request, f"{request.path}?{urlencode(query)}")
+    return {
+        "generations": [_generation_out(request, g) for g in page],
+        "next_cursor": next_cursor,
+        "next_url": next_url,
+    }
+
+
+@api.get(
+    "/generations/{generation_id}",
+    response={200: GenerationOut, **ERRORS},
+    tags=["generations"],
+    url_name="generation",
+)
+def get_generation(request: HttpRequest, generation_id: int = Path(..., ge=1, le=ID_MAX)):
+    """One generation: its status, timings and images (poll this until `is_pending` is false)."""
+    return _generation_out(request, _get_generation_for_user(request, generation_id))
+
+
+@api.delete("/generations/{generation_id}", response={204: None, **ERRORS}, tags=["generations"])
+def delete_generation(request: HttpRequest, generation_id: int = Path(..., ge=1, le=ID_MAX)):
+    """Delete a generation with its images and share links, as the gallery does."""
+    generation = _get_generation_for_user(request, generation_id)
+    Generation.objects.filter(pk=generation.pk).delete_with_files()
+    return Status(204, None)
+
+
+# Images: served by the gallery's own views, so that S3's presigned redirects, the caching
+# and the file names are the owner's, whichever way they are asked for.
+
+FILE_RESPONSES = {
+    "responses": {
+        "200": {
+            "description": "The file",
+            "content": {
+                "image/png": {"schema": {"type": "string", "format": "binary"}},
+                "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+                "image/webp": {"schema": {"type": "string", "format": "binary"}},
+            },
+        },
+        "302": {"description": "On S3: a redirect to a short-lived presigned URL of the file."},
+    }
+}
+
+
+@api.get(
+    "/images/{image_id}/file",
+    response={**ERRORS},
+    tags=["images"],
+    url_name="image_file",
+    openapi_extra=FILE_RESPONSES,
+)
+def image_file(
+    request: HttpRequest, image_id: int = Path(..., ge=1, le=ID_MAX), download: str | None = None
+):
+    """The image file; with `download` set, as an attachment named after its prompt."""
+    return views.image_file(request, _own_image_id(request, image_id))
+
+
+@api.get(
+    "/images/{image_id}/thumbnail",
+    response={**ERRORS},
+    tags=["images"],
+    url_name="image_thumbnail",
+    openapi_extra=FILE_RESPONSES,
+)
+def image_thumbnail(request: HttpRequest, image_id: int = Path(..., ge=1, le=ID_MAX)):
+    """The image's WebP thumbnail, THUMBNAIL_HEIGHT pixels tall."""
+    return views.image_thumbnail(request, _own_image_id(request, image_id))
