@@ -7,6 +7,7 @@ and the OpenAPI schema checked against the specification."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 from datetime import timedelta
@@ -16,7 +17,9 @@ import requests
 from django.urls import reverse
 from django.utils import timezone
 from openapi_spec_validator import validate
+from PIL import Image as PILImage
 
+from accounts.models import Preferences
 from api.models import ApiToken, token_hash
 from gallery.models import Generation
 from ledger.models import LedgerEntry
@@ -359,14 +362,17 @@ def test_it_shows_a_generation_with_its_timings_and_images(client, alice, alice_
     assert images[0]["file_url"] == f"http://testserver{API}/images/{first.pk}/file"
     assert (images[0]["width"], images[0]["height"]) == (first.width, first.height)
 
+    # A download is the web page's: the prompt and settings written in, as the owner chose.
     response = client.get(images[0]["download_url"], headers=bearer(alice_token))
     assert response.status_code == 200
     data = b"".join(response.streaming_content)
-    assert hashlib.sha256(data).hexdigest() == first.sha256
+    with PILImage.open(io.BytesIO(data)) as picture:
+        assert picture.text["Description"] == "a castle"
     assert response["Content-Disposition"] == f'attachment; filename="{first.download_name}"'
-    assert response["Cache-Control"] == "private, max-age=86400"
     inline = client.get(images[0]["file_url"], headers=bearer(alice_token))
     assert inline["Content-Disposition"].startswith("inline")
+    assert inline["Cache-Control"] == "private, max-age=86400"
+    assert hashlib.sha256(b"".join(inline.streaming_content)).hexdigest() == first.sha256
     thumbnail = client.get(images[0]["thumbnail_url"], headers=bearer(alice_token))
     assert thumbnail.status_code == 200 and thumbnail["Content-Type"] == "image/webp"
 
@@ -441,6 +447,8 @@ def test_it_checks_ownership(client, alice, bob_token):
 def test_it_redirects_to_presigned_urls_on_s3(client, alice, alice_token, s3_bucket):
     image = done_generation(alice, "a secret recipe").images.get()
     body = client.get(f"{API}/generations/{image.generation_id}", headers=bearer(alice_token))
+    # The file itself, as a download is when the owner keeps files as they were made.
+    Preferences.objects.create(user=alice, file_provenance=False)
     download_url = body.json()["images"][0]["download_url"]
     response = client.get(download_url, headers=bearer(alice_token))
     assert response.status_code == 302
@@ -487,7 +495,7 @@ def test_it_makes_an_image_through_the_pipeline_and_downloads_it(client, alice, 
     assert body["timings"]["rendering"] is not None
     [image] = body["images"]
     assert (image["width"], image["height"]) == (1376, 768)
-    response = client.get(image["download_url"], headers=bearer(secret))
+    response = client.get(image["file_url"], headers=bearer(secret))
     data = b"".join(response.streaming_content)
     assert hashlib.sha256(data).hexdigest() == generation.images.get().sha256
     assert LedgerEntry.objects.filter(generation=generation).count() == 1
