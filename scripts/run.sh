@@ -8,6 +8,8 @@
 # Ctrl-C stops every process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Ctrl-C before the processes start (while migrating, say) stops here too.
+trap 'exit 130' INT
 VENV=$(cd "${VENV:-.venv}" && pwd)
 export PATH="$VENV/bin:$PATH"
 # Lines reach the terminal as they are written, through honcho's pipes.
@@ -49,20 +51,5 @@ fi
 python manage.py migrate --noinput --verbosity 0
 python manage.py collectstatic --noinput --verbosity 0
 
-mkdir -p var
-export QCLUSTER_PID_FILE="$PWD/var/qcluster.pid"
-rm -f "$QCLUSTER_PID_FILE"
-status=0
 # The environment is this script's: no .env file is read.
-honcho start --procfile Procfile --env /dev/null "${processes[@]}" || status=$?
-
-# honcho waits 5 s for each process; a cluster still finishing a task outlives it. A second
-# Ctrl-C stops it at once (the reconcile schedule picks its work up at the next start).
-cluster=$(cat "$QCLUSTER_PID_FILE" 2>/dev/null || true)
-if [ -n "$cluster" ] && kill -0 "$cluster" 2>/dev/null; then
-  echo "Waiting for the worker cluster to finish its current tasks (Ctrl-C again to stop it now)"
-  trap 'kill -KILL -- "-$cluster" 2>/dev/null || true' INT TERM
-  while kill -0 "$cluster" 2>/dev/null; do sleep 0.2; done
-fi
-rm -f "$QCLUSTER_PID_FILE"
-exit "$status"
+exec honcho start --procfile Procfile --env /dev/null "${processes[@]}"
