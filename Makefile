@@ -58,6 +58,7 @@ bench: install
 	$(PY) benchmarks/soak.py
 	$(PY) benchmarks/bench_gallery.py
 	$(PY) benchmarks/bench_thumbnails.py
+	$(PY) benchmarks/bench_serving.py
 	$(PY) benchmarks/bench_export.py
 
 clean:
