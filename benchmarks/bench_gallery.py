@@ -23,14 +23,13 @@ import secrets
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import machine_line, percentile
+from common import machine_line, percentile, postgres_database
 
 # The checkout this file is in, not whichever one the virtualenv installed.
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,7 +38,6 @@ sys.path.insert(0, str(ROOT))
 REQUESTS = 40
 WARMUP = 2
 GALLERIES = "10000,100"
-POSTGRES_URL = os.getenv("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 PENDING = 12  # the newest generations of each gallery are still at the provider
 PAGE_SIZE = 24
 # Prompts spread evenly through every gallery mention a lighthouse: a search that fills a page
@@ -214,16 +212,8 @@ def database(tmp: Path, postgres: bool) -> Iterator[str]:
     if not postgres:
         yield f"sqlite:///{tmp / 'gallery.sqlite3'}"
         return
-    import psycopg
-
-    name = f"banana_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield POSTGRES_URL.rsplit("/", 1)[0] + "/" + name
-    finally:
-        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with postgres_database() as url:
+        yield url
 
 
 def main() -> None:

@@ -32,20 +32,23 @@ import subprocess
 import sys
 import tempfile
 import threading
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from common import machine_line, percentile
+from common import (
+    create_postgres_database,
+    drop_postgres_database,
+    machine_line,
+    percentile,
+)
 
 from simulator import SimulatorConfig, Tier, start_in_thread
 
 ROOT = Path(__file__).resolve().parent.parent
 MANAGE = [sys.executable, str(ROOT / "manage.py")]
 API_KEY = "bench-key"
-PG_URL = os.getenv("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.getenv("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
 # Settings the app reads from the environment: none may leak in from the caller's shell.
 APP_VARIABLES = {
@@ -199,23 +202,6 @@ def app_environment(tmp: Path, base_url: str, scenario: Scenario, args) -> dict[
         env["DATABASE_URL"] = args.database_url
         env["REDIS_URL"] = REDIS_URL
     return env
-
-
-def create_postgres_database() -> str:
-    import psycopg
-
-    name = f"banana_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return PG_URL.rsplit("/", 1)[0] + "/" + name
-
-
-def drop_postgres_database(url: str) -> None:
-    import psycopg
-
-    name = url.rsplit("/", 1)[1]
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def flush_redis() -> None:

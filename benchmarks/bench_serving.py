@@ -36,7 +36,12 @@ import uuid
 from pathlib import Path
 
 import requests
-from common import machine_line, percentile
+from common import (
+    create_postgres_database,
+    drop_postgres_database,
+    machine_line,
+    percentile,
+)
 
 from simulator import DEFAULT_API_KEY, SimulatorConfig, start_in_thread
 
@@ -44,7 +49,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 PYTHON = sys.executable
 MANAGE = [PYTHON, str(ROOT / "manage.py")]
-PG_URL = os.getenv("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.getenv("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
 # Settings the app reads from the environment: none may leak in from the caller's shell.
 APP_VARIABLES = ("REDIS_URL", "STORAGE_BACKEND", "DEBUG", "LOG_LEVEL", "AWS_STORAGE_BUCKET_NAME")
@@ -92,23 +96,6 @@ def environment(tmp: Path, simulator_url: str, database_url: str, postgres: bool
     if postgres:
         env["REDIS_URL"] = REDIS_URL
     return env
-
-
-def create_postgres_database() -> str:
-    import psycopg
-
-    name = f"banana_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return PG_URL.rsplit("/", 1)[0] + "/" + name
-
-
-def drop_postgres_database(url: str) -> None:
-    import psycopg
-
-    name = url.rsplit("/", 1)[1]
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def web_command(server: str, port: int, workers: int | None) -> list[str]:
