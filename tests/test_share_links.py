@@ -457,3 +457,13 @@ def test_it_has_a_constant_number_of_queries_per_album_page(client, alice, album
         response = client.get(f"/s/{link.token}/")
     assert len(response.context["images"]) == PAGE_SIZE
     assert len(many) == len(few)
+
+
+def test_it_gives_out_album_links_on_site_url(client, alice, album, settings):
+    client.force_login(alice)
+    link = share_album(client, album)
+    settings.SITE_URL = "https://bananas.example/"
+    html = client.get(album.get_absolute_url(), HTTP_HOST="127.0.0.1").content.decode()
+    assert f'value="https://bananas.example/s/{link.token}/"' in html
+    assert f'data-copy-value="https://bananas.example/s/{link.token}/"' in html
+    assert "127.0.0.1" not in html
