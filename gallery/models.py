@@ -770,7 +770,9 @@ class Generation(models.Model):
                 condition=Q(is_favorite=True),
                 name="gen_owner_favorite_status",
             ),
-            models.Index(fields=["owner", "fingerprint"], name="gen_owner_fingerprint"),
+            models.Index(
+                fields=["owner", "fingerprint", "status", "-id"], name="gen_owner_fingerprint"
+            ),
             # The workers: what is due, whoever owns it.
             models.Index(fields=["status", "next_poll_at"], name="gen_status_poll"),
             models.Index(fields=["status", "retry_at"], name="gen_status_retry"),

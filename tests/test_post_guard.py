@@ -23,7 +23,7 @@ from django_ratelimit.core import get_usage
 from gallery.models import Generation, Post, request_fingerprint
 from ledger.models import UserLimits, reserved
 from tests.factories import done_generation, make_generation
-from tests.support import TEST_SETTINGS, fresh_postgres_database, require
+from tests.support import fresh_postgres_database, postgres_reachable, process_env, require
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_URL = os.getenv("BUDGETS_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
@@ -290,22 +290,11 @@ print(json.dumps({
 """
 
 
-def _postgres_reachable() -> tuple[bool, str]:
-    try:
-        import psycopg
-
-        psycopg.connect(PG_URL, connect_timeout=2).close()
-    except Exception as e:  # any failure to connect means "not on this machine"
-        return False, f"PostgreSQL not reachable ({e.__class__.__name__})"
-    return True, ""
-
-
 def test_it_makes_one_post_of_the_same_form_sent_8_times_at_once_on_postgresql(tmp_path):
-    require(*_postgres_reachable())
+    require(*postgres_reachable(PG_URL))
     with fresh_postgres_database(PG_URL, "banana_guard") as url:
         env = {
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": TEST_SETTINGS,
+            **process_env(),
             "DATABASE_URL": url,
             "REDIS_URL": "",
             "MEDIA_ROOT": str(tmp_path / "media"),

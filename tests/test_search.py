@@ -15,7 +15,7 @@ from django.urls import reverse
 from gallery import models, views
 from gallery.models import Generation
 from gallery.views import PAGE_SIZE
-from tests.support import TEST_SETTINGS, fresh_postgres_database, require
+from tests.support import fresh_postgres_database, postgres_reachable, process_env, require
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_URL = os.getenv("SEARCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
@@ -169,18 +169,10 @@ print(json.dumps({"found": found, "counts": GalleryCounts.of(alice)}))
 
 
 def test_it_searches_and_counts_the_same_on_postgresql(tmp_path):
-    try:
-        import psycopg
-
-        psycopg.connect(PG_URL, connect_timeout=2).close()
-        reachable = (True, "")
-    except Exception as e:  # any failure to connect means "not on this machine"
-        reachable = (False, f"PostgreSQL not reachable ({e.__class__.__name__})")
-    require(*reachable)
+    require(*postgres_reachable(PG_URL))
     with fresh_postgres_database(PG_URL, "banana_search") as url:
         env = {
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": TEST_SETTINGS,
+            **process_env(),
             "DATABASE_URL": url,
             "REDIS_URL": "",
             "MEDIA_ROOT": str(tmp_path / "media"),

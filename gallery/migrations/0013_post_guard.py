@@ -52,7 +52,7 @@ class Migration(migrations.Migration):
         ),
         migrations.AddIndex(
             model_name='generation',
-            index=models.Index(fields=['owner', 'fingerprint'], name='gen_owner_fingerprint'),
+            index=models.Index(fields=['owner', 'fingerprint', 'status', '-id'], name='gen_owner_fingerprint'),
         ),
         migrations.AddField(
             model_name='post',
