@@ -746,7 +746,11 @@ def _password_page(request: HttpRequest, link: ShareLink) -> HttpResponse:
     )
     if status == 429:
         response["Retry-After"] = str(link.password_wait(_client_address(request)))
-    return _public_headers(response)
+    response = _public_headers(response)
+    # Under "no-referrer" a browser posts the form with "Origin: null", which Django's CSRF
+    # check refuses; "same-origin" still tells other sites nothing.
+    response["Referrer-Policy"] = "same-origin"
+    return response
 
 
 @login_not_required

@@ -502,6 +502,8 @@ def test_it_asks_for_the_password_before_showing_anything(client, alice, kind):
     assert response.status_code == 200
     html = response.content.decode()
     assert "protected by a password" in html
+    # A browser posts "Origin: null" under "no-referrer", which the CSRF check refuses.
+    assert response["Referrer-Policy"] == "same-origin"
     assert "secret" not in html and file_url not in html
     assert client.get(file_url).status_code == 404
     link.refresh_from_db()
