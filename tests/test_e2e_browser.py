@@ -1099,6 +1099,7 @@ def test_it_shares_with_a_password_a_maximum_of_views_and_no_download(stack, bro
     options.locator("input[name=remove_password]").check()
     options.get_by_role("button", name="Save options").click()
     page.locator("#share .link-saved").wait_for()
+    assert "password" not in page.locator("#share .link-summary").last.inner_text()
     assert page.evaluate("window.__sameDocument") is True
     stranger = browser.new_context()
     assert stranger.new_page().goto(locked_url).status == 200

@@ -711,6 +711,9 @@ def test_it_edits_a_links_options_with_htmx(client, alice, image):
     html = response.content.decode()
     assert html.lstrip().startswith(f'<details class="link-options" id="options-{link.pk}" open>')
     assert "Saved." in html and 'value="for the baker"' in html
+    # The link's summary beside the form follows, out of band.
+    summary = f'<span id="summary-{link.pk}" class="link-summary" hx-swap-oob="true">'
+    assert summary + 'no prompt<span class="link-note">for the baker</span></span>' in html
     response = edit(client, link, password="a", remove_password="on", htmx=True)
     assert "Type a new password or remove it, not both." in response.content.decode()
     link.refresh_from_db()
