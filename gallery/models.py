@@ -35,6 +35,7 @@ from django.db.models import (
 from django.db.models.functions import Lower
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.crypto import salted_hmac
 from django.utils.dateformat import format as date_format
 from django.utils.text import Truncator, slugify
 from django.utils.translation import ngettext
@@ -2078,6 +2079,12 @@ class ShareLink(models.Model):
 
     def check_password(self, raw: str) -> bool:
         return self.has_password and check_password(raw, self.password)
+
+    @property
+    def unlock_key(self) -> str:
+        """What a browser that typed the password keeps in its session: it changes with the
+        password, so a new one locks out everyone who knew the old one."""
+        return f"{self.pk}:{salted_hmac('share-link-unlock', self.password).hexdigest()[:16]}"
 
     def _password_limits(self, address: str) -> list[RateLimit]:
         limits = [

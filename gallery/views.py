@@ -699,15 +699,15 @@ SHARE_UNLOCKED = "share_unlocked"
 SHARE_SEEN = "share_seen"
 
 
-def _remember(request: HttpRequest, key: str, link: ShareLink) -> None:
-    ids = request.session.get(key, [])
-    if link.pk not in ids:
+def _remember(request: HttpRequest, key: str, value: int | str) -> None:
+    values = request.session.get(key, [])
+    if value not in values:
         # The newest few hundred are plenty for one browser, and keep the session small.
-        request.session[key] = [*ids, link.pk][-300:]
+        request.session[key] = [*values, value][-300:]
 
 
 def _is_unlocked(request: HttpRequest, link: ShareLink) -> bool:
-    return not link.has_password or link.pk in request.session.get(SHARE_UNLOCKED, [])
+    return not link.has_password or link.unlock_key in request.session.get(SHARE_UNLOCKED, [])
 
 
 def _may_open(request: HttpRequest, link: ShareLink) -> bool:
@@ -724,7 +724,7 @@ def _count_view(request: HttpRequest, link: ShareLink) -> bool:
         return not link.is_used_up
     if not link.record_view():
         return False
-    _remember(request, SHARE_SEEN, link)
+    _remember(request, SHARE_SEEN, link.pk)
     return True
 
 
@@ -734,7 +734,7 @@ def _password_page(request: HttpRequest, link: ShareLink) -> HttpResponse:
     if form.is_valid():
         try:
             if link.try_password(form.cleaned_data["password"], _client_address(request)):
-                _remember(request, SHARE_UNLOCKED, link)
+                _remember(request, SHARE_UNLOCKED, link.unlock_key)
                 return redirect(request.path)
             form.add_error("password", "That password is not right. Check it and try again.")
             status = 400

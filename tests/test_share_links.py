@@ -524,6 +524,18 @@ def test_it_asks_for_the_password_before_showing_anything(client, alice, kind):
     assert client.get(file_url).status_code == 404
 
 
+def test_it_locks_a_link_again_when_its_password_changes(client, alice, image):
+    client.force_login(alice)
+    link = share(client, image, password="old one")
+    client.logout()
+    client.post(link.get_absolute_url(), {"password": "old one"})
+    assert client.get(reverse("share_image", args=[link.token])).status_code == 200
+    link.set_password("new one")
+    link.save()
+    assert client.get(reverse("share_image", args=[link.token])).status_code == 404
+    assert "protected by a password" in client.get(link.get_absolute_url()).content.decode()
+
+
 def test_it_shows_only_a_title_in_a_password_links_preview(client, alice, kind):
     link, _ = make_link(client, alice, kind, password="open sesame", show_prompt="on")
     html = client.get(link.get_absolute_url(), HTTP_USER_AGENT=SLACK).content.decode()
