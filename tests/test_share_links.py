@@ -599,6 +599,8 @@ def test_it_offers_no_original_when_downloads_are_off(client, alice, kind):
     assert not link.allow_download
     html = client.get(link.get_absolute_url()).content.decode()
     assert "Download" not in html and "download=1" not in html
+    assert meta(html, "og:image:type") == "image/webp"
+    assert "og:image:width" not in html
     response = client.get(file_url)
     assert response.status_code == 200
     assert response["Content-Type"] == "image/webp"
