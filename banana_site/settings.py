@@ -261,6 +261,10 @@ RATELIMIT_GENERATE_ADDRESS = os.getenv("RATELIMIT_GENERATE_ADDRESS", "60/m")
 # Requests with one API token, whatever they ask for (a status poll counts too): a script in a
 # tight loop is slowed down on its own, without touching its user's other tokens or the web.
 RATELIMIT_API_TOKEN = os.getenv("RATELIMIT_API_TOKEN", "120/m")
+# Wrong passwords for a share link, from one client address and for one link from anywhere: a
+# guesser is slowed down whether they try many links or one link from many addresses.
+RATELIMIT_SHARE_PASSWORD = os.getenv("RATELIMIT_SHARE_PASSWORD", "5/m")
+RATELIMIT_SHARE_PASSWORD_LINK = os.getenv("RATELIMIT_SHARE_PASSWORD_LINK", "20/m")
 
 # Only our own scripts, styles and images: htmx is served from here and needs no eval.
 CONTENT_SECURITY_POLICY = {

@@ -261,16 +261,113 @@ class ShareLinkForm(forms.Form):
     expires_in_hours = forms.TypedChoiceField(
         choices=EXPIRY_CHOICES, coerce=int, empty_value=None, required=False, label="Expiry"
     )
+    # Asked the other way round, so that a form without the box (or an older page) keeps
+    # the default: downloads allowed.
+    preview_only = forms.BooleanField(
+        required=False, label="Preview only: no download, the original is not offered"
+    )
+    max_views = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=1_000_000,
+        label="Maximum views",
+        error_messages={"min_value": "A link needs at least 1 view; leave it empty for no limit."},
+    )
+    password = forms.CharField(
+        required=False,
+        max_length=128,
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+        label="Password",
+    )
+    note = forms.CharField(required=False, max_length=200, label="Note (only you see it)")
 
     def save_for(self, target: Image | Collection) -> ShareLink:
         """A link to an image, or an album link to a collection, with the options chosen."""
         hours = self.cleaned_data["expires_in_hours"]
         kind = "collection" if isinstance(target, Collection) else "image"
-        return ShareLink.objects.create(
+        link = ShareLink(
             **{kind: target},
             show_prompt=self.cleaned_data["show_prompt"],
             expires_at=timezone.now() + timedelta(hours=hours) if hours else None,
+            allow_download=not self.cleaned_data["preview_only"],
+            max_views=self.cleaned_data["max_views"],
+            note=self.cleaned_data["note"],
         )
+        link.set_password(self.cleaned_data["password"])
+        link.save()
+        return link
+
+    def error_text(self) -> str:
+        return " ".join(message for errors in self.errors.values() for message in errors)
+
+
+class ShareLinkOptionsForm(ShareLinkForm):
+    """An existing link's options. Its expiry is kept unless another is chosen, its password
+    unless a new one is typed or it is removed; its views so far count towards a new maximum."""
+
+    expires_in_hours = forms.ChoiceField(
+        choices=[("keep", "Keep its expiry"), *EXPIRY_CHOICES], required=False, label="Expiry"
+    )
+    password = forms.CharField(
+        required=False,
+        max_length=128,
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+        label="New password",
+    )
+    remove_password = forms.BooleanField(required=False, label="Remove the password")
+
+    def __init__(self, *args, link: ShareLink, **kwargs) -> None:
+        initial = {
+            "show_prompt": link.show_prompt,
+            "expires_in_hours": "keep",
+            "preview_only": not link.allow_download,
+            "max_views": link.max_views,
+            "note": link.note,
+        }
+        super().__init__(*args, initial=initial, **kwargs)
+        self.link = link
+
+    def clean(self) -> dict:
+        data = super().clean()
+        if data.get("password") and data.get("remove_password"):
+            raise forms.ValidationError("Type a new password or remove it, not both.")
+        return data
+
+    def save(self) -> ShareLink:
+        link, data = self.link, self.cleaned_data
+        link.show_prompt = data["show_prompt"]
+        link.allow_download = not data["preview_only"]
+        link.max_views = data["max_views"]
+        link.note = data["note"]
+        # A form without the field (an older page) keeps the expiry too.
+        expiry = data["expires_in_hours"] if "expires_in_hours" in self.data else "keep"
+        if expiry != "keep":
+            hours = int(expiry or 0)
+            link.expires_at = timezone.now() + timedelta(hours=hours) if hours else None
+        if data["password"] or data["remove_password"]:
+            link.set_password(data["password"])
+        link.save(
+            update_fields=[
+                "show_prompt",
+                "allow_download",
+                "max_views",
+                "note",
+                "expires_at",
+                "password",
+            ]
+        )
+        return link
+
+
+class SharePasswordForm(forms.Form):
+    password = forms.CharField(
+        max_length=128,
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "current-password", "autofocus": True}),
+        error_messages={"required": "Type the password you were given with the link."},
+    )
 
 
 class SelectionForm(forms.Form):

@@ -17,6 +17,7 @@ from statistics import NormalDist
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.hashers import check_password, make_password
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import connection, models, transaction
@@ -34,6 +35,7 @@ from django.db.models import (
 from django.db.models.functions import Lower
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.crypto import salted_hmac
 from django.utils.dateformat import format as date_format
 from django.utils.text import Truncator, slugify
 from django.utils.translation import ngettext
@@ -1962,6 +1964,40 @@ class ShareLinkQuerySet(models.QuerySet):
             Q(expires_at__isnull=True) | Q(expires_at__gt=now)
         )
 
+    def with_views_left(self) -> ShareLinkQuerySet:
+        return self.filter(Q(max_views__isnull=True) | Q(view_count__lt=F("max_views")))
+
+
+# Chat apps and search engines fetch a shared page to draw its preview: such a fetch is not
+# someone looking at the link, so it uses up none of its views. Matched case-insensitively
+# anywhere in the User-Agent header.
+LINK_UNFURLERS = (
+    "slackbot",
+    "slack-imgproxy",
+    "twitterbot",
+    "facebookexternalhit",
+    "facebookcatalog",
+    "discordbot",
+    "whatsapp",
+    "telegrambot",
+    "linkedinbot",
+    "googlebot",
+    "bingbot",
+    "applebot",
+    "skypeuripreview",
+    "mattermost",
+    "redditbot",
+    "pinterestbot",
+    "embedly",
+    "iframely",
+    "vkshare",
+)
+
+
+def is_link_unfurler(user_agent: str) -> bool:
+    agent = user_agent.lower()
+    return any(name in agent for name in LINK_UNFURLERS)
+
 
 class ShareLink(models.Model):
     """A public, revocable URL to one image, or to a collection (an album link: the page shows
@@ -1977,6 +2013,11 @@ class ShareLink(models.Model):
     show_prompt = models.BooleanField(default=False)
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    # A hash from Django's password hashers, or empty for a link without a password.
+    password = models.CharField(max_length=128, blank=True, default="")
+    allow_download = models.BooleanField(default=True)
+    max_views = models.PositiveIntegerField(null=True, blank=True)
+    note = models.CharField(max_length=200, blank=True, default="")
     view_count = models.PositiveIntegerField(default=0)
     last_viewed_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
@@ -2023,13 +2064,74 @@ class ShareLink(models.Model):
         return self.expires_at is not None and self.expires_at <= timezone.now()
 
     @property
+    def is_used_up(self) -> bool:
+        return self.max_views is not None and self.view_count >= self.max_views
+
+    @property
     def is_active(self) -> bool:
-        return not self.is_revoked and not self.is_expired
+        return not self.is_revoked and not self.is_expired and not self.is_used_up
+
+    @property
+    def has_password(self) -> bool:
+        return bool(self.password)
+
+    def set_password(self, raw: str) -> None:
+        """A new password, or none for an empty one."""
+        self.password = make_password(raw) if raw else ""
+
+    def check_password(self, raw: str) -> bool:
+        return self.has_password and check_password(raw, self.password)
+
+    @property
+    def unlock_key(self) -> str:
+        """What a browser that typed the password keeps in its session: it changes with the
+        password, so a new one locks out everyone who knew the old one."""
+        return f"{self.pk}:{salted_hmac('share-link-unlock', self.password).hexdigest()[:16]}"
+
+    def _password_limits(self, address: str) -> list[RateLimit]:
+        limits = [
+            RateLimit("share-password-address", address, settings.RATELIMIT_SHARE_PASSWORD),
+            RateLimit("share-password-link", str(self.pk), settings.RATELIMIT_SHARE_PASSWORD_LINK),
+        ]
+        return [limit for limit in limits if limit.rate]
+
+    def password_wait(self, address: str) -> int:
+        """Seconds until a visitor from this address may try a password again: 0 now, else
+        until the fuller of the two counters (this address, this link) starts again."""
+        waits = [
+            max(1, usage["time_left"])
+            for usage in (limit.usage() for limit in self._password_limits(address))
+            if usage and usage["count"] >= usage["limit"]
+        ]
+        return max(waits, default=0)
+
+    def try_password(self, raw: str, address: str) -> bool:
+        """Whether `raw` unlocks the link. Raises LimitReached, without checking it, while
+        too many wrong ones came from this address or for this link; a wrong one counts
+        against both."""
+        wait = self.password_wait(address)
+        if not wait and self.check_password(raw):
+            return True
+        if not wait:
+            for limit in self._password_limits(address):
+                limit.usage(increment=True)
+            wait = self.password_wait(address)
+        if wait:
+            raise LimitReached(
+                f"Too many wrong passwords. You can try again in {wait_words(wait)}.",
+                code="rate_limited",
+                retry_after=wait,
+            )
+        return False
 
     @property
     def preview_title(self) -> str:
         """The title a chat app shows: the prompt only if the owner chose to share it. An
-        album is titled by its collection's name, which its share form says it shows."""
+        album is titled by its collection's name, which its share form says it shows. Behind
+        a password, neither: the preview must not give away what the password keeps."""
+        if self.has_password:
+            kind = "album" if self.is_album else "image"
+            return f"A password-protected {kind} on Banana Gallery"
         if self.is_album:
             return Truncator(self.collection.name).chars(70)
         if self.show_prompt:
@@ -2074,7 +2176,14 @@ class ShareLink(models.Model):
                 revoked_at=self.revoked_at
             )
 
-    def record_view(self) -> None:
-        ShareLink.objects.filter(pk=self.pk).update(
-            view_count=F("view_count") + 1, last_viewed_at=timezone.now()
+    def record_view(self) -> bool:
+        """Counts one view, if the link has one left: False when its maximum is reached. One
+        conditional UPDATE, so two visitors at once cannot both take the last view."""
+        counted = (
+            ShareLink.objects.filter(pk=self.pk)
+            .with_views_left()
+            .update(view_count=F("view_count") + 1, last_viewed_at=timezone.now())
         )
+        if counted:
+            self.view_count += 1
+        return bool(counted)

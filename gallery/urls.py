@@ -35,4 +35,5 @@ urlpatterns = [
     path("collections/<id:pk>/share/", views.collection_share, name="collection_share"),
     path("shares/", views.share_list, name="shares"),
     path("shares/<id:pk>/revoke/", views.share_revoke, name="share_revoke"),
+    path("shares/<id:pk>/edit/", views.share_edit, name="share_edit"),
 ]

@@ -38,6 +38,8 @@ from gallery.forms import (
     GenerationForm,
     SelectionForm,
     ShareLinkForm,
+    ShareLinkOptionsForm,
+    SharePasswordForm,
     parse_id,
     parse_ids,
 )
@@ -53,6 +55,7 @@ from gallery.models import (
     LimitReached,
     ShareLink,
     covers,
+    is_link_unfurler,
     wait_words,
 )
 from gallery.provenance import Provenance
@@ -607,7 +610,7 @@ def collection_share(request: HttpRequest, pk: int) -> HttpResponse:
             "including those you add later.",
         )
         return redirect(collection.get_absolute_url() + f"#link-{link.pk}")
-    messages.error(request, "That expiry is not one of the choices.")
+    messages.error(request, f"No link was made: {form.error_text()}")
     return redirect(collection.get_absolute_url() + "#share")
 
 
@@ -622,7 +625,7 @@ def share_create(request: HttpRequest, pk: int) -> HttpResponse:
         link = form.save_for(image)
         messages.success(request, "Share link created. Anyone with the link can see the image.")
         return redirect(image.generation.get_absolute_url() + f"#link-{link.pk}")
-    messages.error(request, "That expiry is not one of the choices.")
+    messages.error(request, f"No link was made: {form.error_text()}")
     return redirect(image.generation.get_absolute_url())
 
 
@@ -639,6 +642,30 @@ def share_revoke(request: HttpRequest, pk: int) -> HttpResponse:
     link = get_object_or_404(ShareLink.objects.owned_by(request.user), pk=pk)
     link.revoke()
     messages.success(request, "The link is revoked: it no longer opens for anyone.")
+    return redirect(_next_url(request, reverse("gallery:shares")))
+
+
+@require_POST
+def share_edit(request: HttpRequest, pk: int) -> HttpResponse:
+    """An existing link's options, from its row on the share list or a share panel: the row
+    again for htmx, else back to the page with a message."""
+    link = get_object_or_404(
+        ShareLink.objects.owned_by(request.user).select_related("image__generation", "collection"),
+        pk=pk,
+    )
+    form = ShareLinkOptionsForm(request.POST, link=link)
+    if form.is_valid():
+        form.save()
+        if request.htmx:
+            return render(
+                request, "gallery/shares.html#link-options", {"link": link, "saved": True}
+            )
+        messages.success(request, "The link's options are saved.")
+    elif request.htmx:
+        context = {"link": link, "options_form": form}
+        return render(request, "gallery/shares.html#link-options", context)
+    else:
+        messages.error(request, f"The options are not saved: {form.error_text()}")
     return redirect(_next_url(request, reverse("gallery:shares")))
 
 
@@ -666,21 +693,91 @@ def _share_gone(request: HttpRequest) -> HttpResponse:
     return _public_headers(render(request, "gallery/share_gone.html", status=404))
 
 
+# The share links this browser may open past their gate: the password typed in, or (for a
+# link with a maximum of views) a view counted, so that its images still load on that page.
+SHARE_UNLOCKED = "share_unlocked"
+SHARE_SEEN = "share_seen"
+
+
+def _remember(request: HttpRequest, key: str, value: int | str) -> None:
+    values = request.session.get(key, [])
+    if value not in values:
+        # The newest few hundred are plenty for one browser, and keep the session small.
+        request.session[key] = [*values, value][-300:]
+
+
+def _is_unlocked(request: HttpRequest, link: ShareLink) -> bool:
+    return not link.has_password or link.unlock_key in request.session.get(SHARE_UNLOCKED, [])
+
+
+def _may_open(request: HttpRequest, link: ShareLink) -> bool:
+    """Whether this browser may see the link's files: unlocked, and with a view left or one
+    of its views counted already."""
+    seen = link.pk in request.session.get(SHARE_SEEN, [])
+    return _is_unlocked(request, link) and (seen or not link.is_used_up)
+
+
+def _count_view(request: HttpRequest, link: ShareLink) -> bool:
+    """Counts a page view, False when the link has none left. A chat app drawing a preview
+    is not someone viewing the link: it takes nothing, but sees nothing of a used-up link."""
+    if is_link_unfurler(request.headers.get("User-Agent", "")):
+        return not link.is_used_up
+    if not link.record_view():
+        return False
+    _remember(request, SHARE_SEEN, link.pk)
+    return True
+
+
+def _password_page(request: HttpRequest, link: ShareLink) -> HttpResponse:
+    form = SharePasswordForm(request.POST if request.method == "POST" else None)
+    status = 200
+    if form.is_valid():
+        try:
+            if link.try_password(form.cleaned_data["password"], _client_address(request)):
+                _remember(request, SHARE_UNLOCKED, link.unlock_key)
+                return redirect(request.path)
+            form.add_error("password", "That password is not right. Check it and try again.")
+            status = 400
+        except LimitReached as refused:
+            form.add_error(None, refused.message)
+            status = 429
+    response = render(
+        request, "gallery/share_password.html", {"link": link, "form": form}, status=status
+    )
+    if status == 429:
+        response["Retry-After"] = str(link.password_wait(_client_address(request)))
+    response = _public_headers(response)
+    # Under "no-referrer" a browser posts the form with "Origin: null", which Django's CSRF
+    # check refuses; "same-origin" still tells other sites nothing.
+    response["Referrer-Policy"] = "same-origin"
+    return response
+
+
 @login_not_required
-@require_GET
+@require_http_methods(["GET", "POST"])
 def share_page(request: HttpRequest, token: str) -> HttpResponse:
     link = _get_active_share_link(token)
     if link is None:
         return _share_gone(request)
+    # Used up, the link opens no more, but the page counted last still pages its album.
+    paging = link.is_album and request.htmx and _may_open(request, link)
+    if link.is_used_up and not paging:
+        return _share_gone(request)
+    if not _is_unlocked(request, link):
+        return _password_page(request, link)
+    if request.method == "POST":
+        return redirect(request.path)
     if link.is_album:
         return _album_page(request, link)
-    link.record_view()
+    if not _count_view(request, link):
+        return _share_gone(request)
     image_url = absolute_url(request, reverse("share_image", args=[token]))
     context = {
         "link": link,
         "image": link.image,
         "generation": link.image.generation,
         "image_url": image_url,
+        "download_url": reverse("share_image", args=[token]) + "?download=1",
         "page_url": absolute_url(request, request.path),
     }
     return _public_headers(render(request, "gallery/share.html", context))
@@ -704,7 +801,8 @@ def _album_page(request: HttpRequest, link: ShareLink) -> HttpResponse:
     }
     if request.htmx and before:
         return _public_headers(render(request, "gallery/album.html#page", context))
-    link.record_view()
+    if not _count_view(request, link):
+        return _share_gone(request)
     cover = page[0] if page else None
     context.update(
         {
@@ -719,36 +817,62 @@ def _album_page(request: HttpRequest, link: ShareLink) -> HttpResponse:
     return _public_headers(render(request, "gallery/album.html", context))
 
 
-def _public_file(file: FieldFile, content_type: str, filename: str) -> HttpResponse:
+def _public_file(
+    file: FieldFile, content_type: str, filename: str, *, download: bool = False
+) -> HttpResponse:
     """A file anyone holding a share link may see: a presigned redirect on S3, else the
     bytes; named by the link, never cached without asking again."""
-    disposition = content_disposition_header(False, filename)
+    disposition = content_disposition_header(download, filename)
     response = _storage_redirect(file, content_type, disposition, cache_control="public, no-cache")
     if response is None:
-        response = _file_response(file, content_type, filename=filename, download=False)
+        response = _file_response(file, content_type, filename=filename, download=download)
     return _public_headers(response)
+
+
+def _preview_file(link: ShareLink, image: Image) -> HttpResponse:
+    # The large thumbnail: sharp on a 2x screen, and still a fraction of the original.
+    thumbnail = image.thumbnail_large or image.thumbnail
+    name = link.file_name_for(image).rsplit(".", 1)[0] + ".webp"
+    return _public_file(thumbnail, "image/webp", name)
+
+
+def _refused_download(request: HttpRequest, link: ShareLink) -> HttpResponse | None:
+    """The answer to `?download` on a preview-only link: no file, and a page that says so."""
+    if "download" in request.GET and not link.allow_download:
+        response = render(request, "gallery/share_no_download.html", status=403)
+        return _public_headers(response)
+    return None
 
 
 @login_not_required
 @require_GET
 def share_image(request: HttpRequest, token: str) -> HttpResponse:
+    """The image of a share link: the original (as an attachment with `?download`), or only
+    the large preview when the owner does not allow downloads."""
     link = _get_active_share_link(token)
-    if link is None or link.is_album:
+    if link is None or link.is_album or not _may_open(request, link):
         return _share_gone(request)
+    if refused := _refused_download(request, link):
+        return refused
     image = link.image
+    if not link.allow_download:
+        return _preview_file(link, image)
+    download = "download" in request.GET
     if link.show_prompt and Preferences.file_provenance_of(image.generation.owner_id):
         # Shown on the page, so in the file too (without the task id, which is ours).
-        response = _streamed(image, image.provenance(public=True), link.file_name, download=False)
+        response = _streamed(
+            image, image.provenance(public=True), link.file_name, download=download
+        )
         return _public_headers(response)
     # The file name is the link's (no hidden prompt in it), for the object store too.
-    return _public_file(image.file, image.content_type, link.file_name)
+    return _public_file(image.file, image.content_type, link.file_name, download=download)
 
 
-def _album_image(token: str, pk: int) -> tuple[ShareLink, Image] | None:
-    """The image of an active album link, if it is in the collection now: one taken out
-    no longer opens through the link, at once."""
+def _album_image(request: HttpRequest, token: str, pk: int) -> tuple[ShareLink, Image] | None:
+    """The image of an active album link this browser may open, if it is in the collection
+    now: one taken out no longer opens through the link, at once."""
     link = _get_active_share_link(token)
-    if link is None or not link.is_album:
+    if link is None or not link.is_album or not _may_open(request, link):
         return None
     image = link.album_images().select_related("generation").filter(pk=pk).first()
     return (link, image) if image else None
@@ -757,24 +881,28 @@ def _album_image(token: str, pk: int) -> tuple[ShareLink, Image] | None:
 @login_not_required
 @require_GET
 def album_image(request: HttpRequest, token: str, pk: int) -> HttpResponse:
-    found = _album_image(token, pk)
+    found = _album_image(request, token, pk)
     if found is None:
         return _share_gone(request)
     link, image = found
-    return _public_file(image.file, image.content_type, link.file_name_for(image))
+    if refused := _refused_download(request, link):
+        return refused
+    if not link.allow_download:
+        return _preview_file(link, image)
+    download = "download" in request.GET
+    return _public_file(
+        image.file, image.content_type, link.file_name_for(image), download=download
+    )
 
 
 @login_not_required
 @require_GET
 def album_thumbnail(request: HttpRequest, token: str, pk: int) -> HttpResponse:
-    found = _album_image(token, pk)
+    found = _album_image(request, token, pk)
     if found is None:
         return _share_gone(request)
     link, image = found
-    # The large one: sharp on a 2x screen, and still a fraction of the original.
-    thumbnail = image.thumbnail_large or image.thumbnail
-    name = link.file_name_for(image).rsplit(".", 1)[0] + ".webp"
-    return _public_file(thumbnail, "image/webp", name)
+    return _preview_file(link, image)
 
 
 # Image files

@@ -1016,3 +1016,94 @@ def test_it_counts_what_is_on_its_way_in_the_title_and_notifies_when_it_is_done(
     assert page.evaluate("window.__notices.length") == 1
     assert not violations, violations
     context.close()
+
+
+SHARER = """
+from django.contrib.auth.models import User
+from tests.factories import image_size, make_generation, make_image
+user = User.objects.create_user("wren", password="a-long-pass-phrase")
+generation = make_generation(user, prompt="a kite over the dunes", aspect_ratio="3:2")
+make_image(generation, *image_size("3:2"))
+print(generation.pk)
+"""
+
+
+def test_it_shares_with_a_password_a_maximum_of_views_and_no_download(stack, browser):
+    detail = stack.url + f"/generations/{stack.shell(SHARER).strip().splitlines()[-1]}/"
+    owner = browser.new_context(viewport={"width": 1440, "height": 900})
+    page = owner.new_page()
+    violations = watch_csp(page)
+    page.goto(stack.url + "/accounts/login/")
+    page.fill("#id_login", "wren")
+    page.fill("#id_password", "a-long-pass-phrase")
+    page.click("button[type=submit]")
+    page.wait_for_url(stack.url + "/")
+
+    def create_link(**options: str) -> str:
+        page.goto(detail)
+        form = page.locator("#share form.share-form")
+        form.locator("details.share-more > summary").click()
+        for name, value in options.items():
+            if value == "on":
+                form.locator(f"input[name={name}]").check()
+            else:
+                form.locator(f"input[name={name}]").fill(value)
+        form.get_by_role("button", name="Create link").click()
+        return page.locator("#share input.link-url").first.input_value()
+
+    # A password: asked for, a wrong one refused, the right one opens the image.
+    locked_url = create_link(password="kite-season", note="for the club")
+    assert "for the club" in page.locator("#share .link-facts").first.inner_text()
+    visitor = browser.new_context()
+    public = visitor.new_page()
+    public_violations = watch_csp(public)
+    assert public.goto(locked_url).status == 200
+    assert public.locator("h1").inner_text() == "This image is protected by a password"
+    assert public.locator("img.share-image").count() == 0
+    assert visitor.request.get(locked_url + "image").status == 404
+    public.fill("input[name=password]", "kite season")
+    public.get_by_role("button", name="Open the image").click()
+    assert "That password is not right" in public.locator(".auth-card").inner_text()
+    assert public.locator("img.share-image").count() == 0
+    public.fill("input[name=password]", "kite-season")
+    public.get_by_role("button", name="Open the image").click()
+    public.wait_for_function("() => document.querySelector('img.share-image')?.naturalWidth > 0")
+    assert "for the club" not in public.content()
+    public.screenshot(path=str(stack.artifacts / "share-unlocked.png"))
+
+    # Two views at most, and no download: the third view is the "revoked or expired" page.
+    limited_url = create_link(max_views="2", preview_only="on")
+    assert "0 views of 2" in page.locator("#share .link-facts").first.inner_text()
+    viewer = browser.new_context()
+    seen = viewer.new_page()
+    seen_violations = watch_csp(seen)
+    for _ in range(2):
+        assert seen.goto(limited_url).status == 200
+        seen.wait_for_function("() => document.querySelector('img.share-image').naturalWidth > 0")
+        assert seen.get_by_role("link", name="Download the original").count() == 0
+        assert "download=1" not in seen.content()
+        served = viewer.request.get(seen.locator("img.share-image").get_attribute("src"))
+        assert served.headers["content-type"] == "image/webp"  # the preview, not the PNG
+        assert viewer.request.get(limited_url + "image?download=1").status == 403
+    third = seen.goto(limited_url)
+    assert third.status == 404
+    assert "This link was revoked or has expired" in seen.locator("main").inner_text()
+    page.goto(stack.url + "/shares/")
+    assert "2 of 2" in page.locator("table.table").inner_text()
+
+    # The owner edits the first link's options without a reload: the password goes.
+    page.goto(detail)
+    page.evaluate("window.__sameDocument = true")
+    options = page.locator("#share details.link-options").last
+    options.locator("summary").click()
+    options.locator("input[name=remove_password]").check()
+    options.get_by_role("button", name="Save options").click()
+    page.locator("#share .link-saved").wait_for()
+    assert "password" not in page.locator("#share .link-summary").last.inner_text()
+    assert page.evaluate("window.__sameDocument") is True
+    stranger = browser.new_context()
+    assert stranger.new_page().goto(locked_url).status == 200
+    assert stranger.request.get(locked_url + "image").status == 200
+    assert violations == public_violations == seen_violations == []
+    for context in (owner, visitor, viewer, stranger):
+        context.close()

@@ -467,3 +467,295 @@ def test_it_gives_out_album_links_on_site_url(client, alice, album, settings):
     assert f'value="https://bananas.example/s/{link.token}/"' in html
     assert f'data-copy-value="https://bananas.example/s/{link.token}/"' in html
     assert "127.0.0.1" not in html
+
+
+# Options: password, preview only, maximum views, note, edited by the owner.
+
+SLACK = "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)"
+BROWSER = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/131.0 Safari/537.36"
+
+
+@pytest.fixture(params=["image", "album"])
+def kind(request) -> str:
+    return request.param
+
+
+def make_link(client, alice, kind: str, **data) -> tuple[ShareLink, str]:
+    """A link made through the share form, and one URL of an image it serves; logged out."""
+    client.force_login(alice)
+    if kind == "album":
+        collection = Collection.objects.create(owner=alice, name="Bakery")
+        collection.add(Generation.objects.filter(pk=done_generation(alice, "a secret rye").pk))
+        link = share_album(client, collection, **data)
+        file_url = album_urls(link, Image.objects.get())[0]
+    else:
+        link = share(client, done_generation(alice, "a secret recipe").images.get(), **data)
+        file_url = reverse("share_image", args=[link.token])
+    client.logout()
+    return link, file_url
+
+
+def test_it_hashes_a_links_password(alice, image):
+    link = ShareLink(image=image)
+    link.set_password("open sesame")
+    link.save()
+    assert link.password != "open sesame" and link.has_password
+    assert link.check_password("open sesame")
+    assert not link.check_password("open sesam")
+    link.set_password("")
+    assert not link.has_password and not link.check_password("")
+
+
+def test_it_asks_for_the_password_before_showing_anything(client, alice, kind):
+    link, file_url = make_link(client, alice, kind, password="open sesame", show_prompt="on")
+    response = client.get(link.get_absolute_url())
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "protected by a password" in html
+    # A browser posts "Origin: null" under "no-referrer", which the CSRF check refuses.
+    assert response["Referrer-Policy"] == "same-origin"
+    assert "secret" not in html and file_url not in html
+    assert client.get(file_url).status_code == 404
+    link.refresh_from_db()
+    assert link.view_count == 0
+
+    wrong = client.post(link.get_absolute_url(), {"password": "open sesam"})
+    assert wrong.status_code == 400
+    assert "That password is not right" in wrong.content.decode()
+    assert client.get(file_url).status_code == 404
+
+    right = client.post(link.get_absolute_url(), {"password": "open sesame"})
+    assert right.status_code == 302 and right["Location"] == link.get_absolute_url()
+    page = client.get(link.get_absolute_url()).content.decode()
+    assert file_url in page and "secret" in page
+    assert client.get(file_url).status_code == 200
+    # Another browser has not typed it.
+    client.cookies.clear()
+    assert client.get(file_url).status_code == 404
+
+
+def test_it_locks_a_link_again_when_its_password_changes(client, alice, image):
+    client.force_login(alice)
+    link = share(client, image, password="old one")
+    client.logout()
+    client.post(link.get_absolute_url(), {"password": "old one"})
+    assert client.get(reverse("share_image", args=[link.token])).status_code == 200
+    link.set_password("new one")
+    link.save()
+    assert client.get(reverse("share_image", args=[link.token])).status_code == 404
+    assert "protected by a password" in client.get(link.get_absolute_url()).content.decode()
+
+
+def test_it_shows_only_a_title_in_a_password_links_preview(client, alice, kind):
+    link, _ = make_link(client, alice, kind, password="open sesame", show_prompt="on")
+    html = client.get(link.get_absolute_url(), HTTP_USER_AGENT=SLACK).content.decode()
+    noun = "album" if kind == "album" else "image"
+    assert meta(html, "og:title") == f"A password-protected {noun} on Banana Gallery"
+    assert "og:image" not in html and "og:description" not in html
+    assert 'name="description"' not in html and "twitter:image" not in html
+    assert "secret" not in html and "Bakery" not in html
+
+
+def test_it_limits_wrong_passwords_per_address_and_says_when_to_try_again(
+    client, alice, kind, settings
+):
+    settings.RATELIMIT_SHARE_PASSWORD = "3/m"
+    link, _ = make_link(client, alice, kind, password="open sesame")
+    for _ in range(2):
+        response = client.post(link.get_absolute_url(), {"password": "guess"})
+        assert response.status_code == 400
+    response = client.post(link.get_absolute_url(), {"password": "guess"})
+    assert response.status_code == 429
+    assert "Too many wrong passwords. You can try again in about" in response.content.decode()
+    assert 0 < int(response["Retry-After"]) <= 60
+    # Locked out, even the right one waits: the guesser learns nothing.
+    response = client.post(link.get_absolute_url(), {"password": "open sesame"})
+    assert response.status_code == 429
+    # Another address may still try.
+    response = client.post(
+        link.get_absolute_url(), {"password": "open sesame"}, REMOTE_ADDR="10.1.2.3"
+    )
+    assert response.status_code == 302
+
+
+def test_it_limits_wrong_passwords_per_link_from_any_address(client, alice, image, settings):
+    settings.RATELIMIT_SHARE_PASSWORD_LINK = "4/m"
+    link = ShareLink(image=image)
+    link.set_password("open sesame")
+    link.save()
+    for i in range(4):
+        client.post(link.get_absolute_url(), {"password": "guess"}, REMOTE_ADDR=f"10.0.0.{i}")
+    response = client.post(
+        link.get_absolute_url(), {"password": "open sesame"}, REMOTE_ADDR="10.9.9.9"
+    )
+    assert response.status_code == 429
+    other = ShareLink(image=image)
+    other.set_password("open sesame")
+    other.save()
+    response = client.post(other.get_absolute_url(), {"password": "open sesame"})
+    assert response.status_code == 302
+
+
+def test_it_refuses_an_empty_password_with_a_message(client, alice, image):
+    link = ShareLink(image=image)
+    link.set_password("open sesame")
+    link.save()
+    response = client.post(link.get_absolute_url(), {"password": ""})
+    assert "Type the password you were given" in response.content.decode()
+
+
+def test_it_offers_no_original_when_downloads_are_off(client, alice, kind):
+    link, file_url = make_link(client, alice, kind, preview_only="on")
+    assert not link.allow_download
+    html = client.get(link.get_absolute_url()).content.decode()
+    assert "Download" not in html and "download=1" not in html
+    assert meta(html, "og:image:type") == "image/webp"
+    assert "og:image:width" not in html
+    response = client.get(file_url)
+    assert response.status_code == 200
+    assert response["Content-Type"] == "image/webp"
+    assert b"".join(response.streaming_content)[8:12] == b"WEBP"
+    refused = client.get(file_url + "?download=1")
+    assert refused.status_code == 403
+    assert "does not offer downloads" in refused.content.decode()
+
+
+def test_it_offers_the_original_for_download_by_default(client, alice, kind):
+    link, file_url = make_link(client, alice, kind)
+    assert link.allow_download
+    response = client.get(file_url + "?download=1")
+    assert response.status_code == 200
+    assert response["Content-Type"] == "image/png"
+    assert response["Content-Disposition"].startswith("attachment")
+    if kind == "image":
+        html = client.get(link.get_absolute_url()).content.decode()
+        assert f'href="{file_url}?download=1"' in html
+
+
+def test_it_ends_a_link_after_its_maximum_views(client, alice, kind):
+    link, file_url = make_link(client, alice, kind, max_views="2")
+    assert client.get(link.get_absolute_url()).status_code == 200
+    assert client.get(link.get_absolute_url()).status_code == 200
+    # The page counted last still loads its image.
+    assert client.get(file_url).status_code == 200
+    assert_gone(client.get(link.get_absolute_url()))
+    link.refresh_from_db()
+    assert link.view_count == 2 and link.is_used_up and not link.is_active
+    client.cookies.clear()
+    assert_gone(client.get(file_url))
+
+
+def test_it_counts_a_last_view_once_however_many_ask_at_once(alice, image):
+    link = ShareLink.objects.create(image=image, max_views=1)
+    stale = ShareLink.objects.get(pk=link.pk)
+    assert link.record_view()
+    assert not stale.record_view()
+    link.refresh_from_db()
+    assert link.view_count == 1
+
+
+def test_it_counts_no_view_for_a_chat_apps_preview(client, alice, kind):
+    link, _ = make_link(client, alice, kind, max_views="1")
+    agents = [
+        SLACK,
+        "Twitterbot/1.0",
+        "facebookexternalhit/1.1 (+http://www.facebook.com/externalhit_uatext.php)",
+        "Mozilla/5.0 (compatible; Discordbot/2.0; +https://discordapp.com)",
+        "WhatsApp/2.23.20.0",
+        "TelegramBot (like TwitterBot)",
+        "LinkedInBot/1.0 (compatible; Mozilla/5.0; Apache-HttpClient +http://www.linkedin.com)",
+        "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+    ]
+    for agent in agents:
+        assert client.get(link.get_absolute_url(), HTTP_USER_AGENT=agent).status_code == 200
+    link.refresh_from_db()
+    assert link.view_count == 0
+    assert client.get(link.get_absolute_url(), HTTP_USER_AGENT=BROWSER).status_code == 200
+    assert_gone(client.get(link.get_absolute_url(), HTTP_USER_AGENT=SLACK))
+
+
+def test_it_shows_the_note_to_the_owner_only(client, alice, kind):
+    link, _ = make_link(client, alice, kind, note="for grandma")
+    assert link.note == "for grandma"
+    assert "for grandma" not in client.get(link.get_absolute_url()).content.decode()
+    client.force_login(alice)
+    assert "for grandma" in client.get(reverse("gallery:shares")).content.decode()
+
+
+def test_it_refuses_a_maximum_of_no_views_with_a_message(client, alice, image):
+    client.force_login(alice)
+    response = client.post(
+        reverse("gallery:share_create", args=[image.pk]), {"max_views": "0"}, follow=True
+    )
+    assert "A link needs at least 1 view" in response.content.decode()
+    assert not ShareLink.objects.exists()
+
+
+def edit(client, link: ShareLink, htmx: bool = False, **data):
+    data.setdefault("expires_in_hours", "keep")
+    headers = {"HX-Request": "true"} if htmx else {}
+    return client.post(reverse("gallery:share_edit", args=[link.pk]), data, headers=headers)
+
+
+def test_it_edits_a_links_options(client, alice, kind):
+    link, file_url = make_link(client, alice, kind, expires_in_hours="24")
+    expires_at = link.expires_at
+    client.force_login(alice)
+    response = edit(
+        client, link, show_prompt="on", preview_only="on", max_views="5", note="n", password="pw"
+    )
+    assert response.status_code == 302
+    link.refresh_from_db()
+    assert (link.show_prompt, link.allow_download, link.max_views, link.note) == (
+        True,
+        False,
+        5,
+        "n",
+    )
+    assert link.check_password("pw") and link.expires_at == expires_at
+    # A new password replaces it; an empty one keeps it; removing it opens the link.
+    edit(client, link, password="new")
+    link.refresh_from_db()
+    assert link.check_password("new") and link.allow_download and link.max_views is None
+    edit(client, link)
+    link.refresh_from_db()
+    assert link.check_password("new")
+    edit(client, link, remove_password="on", expires_in_hours="")
+    link.refresh_from_db()
+    assert not link.has_password and link.expires_at is None
+    client.logout()
+    assert client.get(file_url).status_code == 200
+
+
+def test_it_edits_a_links_options_with_htmx(client, alice, image):
+    client.force_login(alice)
+    link = share(client, image)
+    response = edit(client, link, note="for the baker", htmx=True)
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert html.lstrip().startswith(f'<details class="link-options" id="options-{link.pk}" open>')
+    assert "Saved." in html and 'value="for the baker"' in html
+    # The link's summary beside the form follows, out of band.
+    summary = f'<span id="summary-{link.pk}" class="link-summary" hx-swap-oob="true">'
+    assert summary + 'no prompt<span class="link-note">for the baker</span></span>' in html
+    response = edit(client, link, password="a", remove_password="on", htmx=True)
+    assert "Type a new password or remove it, not both." in response.content.decode()
+    link.refresh_from_db()
+    assert not link.has_password
+
+
+def test_it_says_why_an_edit_is_refused(client, alice, image):
+    client.force_login(alice)
+    link = share(client, image)
+    response = edit(client, link, max_views="-3")
+    assert response.status_code == 302
+    page = client.get(response["Location"]).content.decode()
+    assert "The options are not saved: A link needs at least 1 view" in page
+
+
+def test_it_checks_ownership_of_a_links_options(client, alice, bob, kind):
+    link, _ = make_link(client, alice, kind)
+    client.force_login(bob)
+    assert edit(client, link, note="mine").status_code == 404
+    link.refresh_from_db()
+    assert link.note == ""
