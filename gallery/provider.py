@@ -19,6 +19,7 @@ import io
 import ipaddress
 import json
 import logging
+import math
 import os
 import re
 import socket
@@ -183,6 +184,21 @@ class TaskRecord:
         return self.state == "fail"
 
 
+# costTime is kept in a PositiveIntegerField: 32-bit in PostgreSQL.
+COST_TIME_MAX_MS = 2**31 - 1
+
+
+def _cost_time_ms(value: Any) -> int | None:
+    """costTime in whole milliseconds, or None for what is not a plausible duration: a string,
+    a boolean, NaN or Infinity (Python's JSON reader accepts both), a negative number or one
+    past the column's range. A record with an odd costTime is still a record."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not math.isfinite(value) or not 0 <= value <= COST_TIME_MAX_MS:
+        return None
+    return int(value)
+
+
 def _epoch_ms(value: Any) -> datetime | None:
     if value in (None, ""):
         return None
@@ -268,14 +284,13 @@ class ProviderClient:
         result_urls: list[str] = []
         if state == "success":
             result_urls = self._result_urls(task_id, data.get("resultJson"))
-        cost = data.get("costTime")
         return TaskRecord(
             task_id=str(data.get("taskId") or task_id),
             state=state,
             result_urls=result_urls,
             fail_code=str(data.get("failCode") or ""),
             fail_message=str(data.get("failMsg") or ""),
-            cost_time_ms=int(cost) if isinstance(cost, int | float) else None,
+            cost_time_ms=_cost_time_ms(data.get("costTime")),
             create_time=_epoch_ms(data.get("createTime")),
             complete_time=_epoch_ms(data.get("completeTime")),
         )

@@ -358,3 +358,51 @@ def test_it_parses_a_retry_after_date_far_ahead():
     finally:
         server.shutdown()
         server.server_close()
+
+
+class _OddCostTime(BaseHTTPRequestHandler):
+    """A task record whose costTime is the raw JSON text in the server's `cost_time`."""
+
+    def do_GET(self):  # noqa: N802 - the stdlib's name
+        body = (
+            '{"code": 200, "msg": "success", "data": {"taskId": "task_odd", "state": "success",'
+            ' "resultJson": "{\\"resultUrls\\": [\\"http://127.0.0.1:9/a.png\\"]}",'
+            f' "costTime": {self.server.cost_time}, "createTime": 1764000000000}}}}'
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("12345", 12345),
+        ("12345.9", 12345),
+        ("NaN", None),
+        ("Infinity", None),
+        ("-5", None),
+        ("1e30", None),
+        ("2147483648", None),
+        ("true", None),
+        ('"12345"', None),
+        ("null", None),
+    ],
+)
+def test_it_keeps_a_record_with_an_odd_cost_time(raw, expected):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _OddCostTime)
+    server.cost_time = raw
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = provider.ProviderClient(f"http://127.0.0.1:{server.server_port}", "k", timeout=5)
+        record = client.get_task("task_odd")
+        assert record.succeeded and record.result_urls == ["http://127.0.0.1:9/a.png"]
+        assert record.cost_time_ms == expected
+    finally:
+        server.shutdown()
+        server.server_close()
