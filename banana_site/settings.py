@@ -514,6 +514,9 @@ RUNNER_HANDOVER_TURNS = envint("RUNNER_HANDOVER_TURNS", 5)
 # database (due), so that a runner's message never queues behind a long line of downloads.
 DOWNLOAD_QUEUE_MAX = envint("DOWNLOAD_QUEUE_MAX", 8)
 PIPELINE_RUNNERS = envint("PIPELINE_RUNNERS", 1)
+# Each form's key (the double-charge guard) is kept this many days; the daily `prune` schedule
+# deletes older ones, after which a form that old sent again is a new post.
+POST_KEYS_KEPT_DAYS = envint("POST_KEYS_KEPT_DAYS", 30)
 
 # The price table of the cost ledger (ledger/models.py): what the provider charges per task, in
 # its credits, by resolution (the simulator's CREDIT_COST by default). With PRICE_PER_CREDIT

@@ -1242,19 +1242,30 @@ class PromptIndex(models.Model):
         db_table = "gallery_prompt_index"
 
 
+class PostQuerySet(models.QuerySet):
+    def expired(self, now: datetime | None = None) -> PostQuerySet:
+        """Keys older than POST_KEYS_KEPT_DAYS: a form that old sent again is a new post."""
+        now = now or timezone.now()
+        return self.filter(created_at__lt=now - timedelta(days=settings.POST_KEYS_KEPT_DAYS))
+
+
 class Post(models.Model):
     """One submission of the composer form, by the random key rendered in it (and given to its
     generations as their `post`). A second submission with the same key (a double click, a
     form sent again from the browser's history, a replay, two web processes at once) finds
     this row and makes nothing. It stays when the generations are deleted, so that a stale
-    form sent again does not make them anew."""
+    form sent again does not make them anew, until the daily `prune` takes it out after
+    POST_KEYS_KEPT_DAYS."""
 
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
     key = models.UUIDField()
     created_at = models.DateTimeField(default=timezone.now)
 
+    objects = PostQuerySet.as_manager()
+
     class Meta:
         constraints = [models.UniqueConstraint(fields=["owner", "key"], name="post_once")]
+        indexes = [models.Index(fields=["created_at"], name="post_created_at")]
 
     def __str__(self) -> str:
         return f"Post {self.key} of user {self.owner_id}"

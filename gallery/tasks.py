@@ -40,7 +40,15 @@ from django_q.brokers import get_broker
 from django_q.tasks import async_task
 
 from gallery import provider
-from gallery.models import Generation, Image, Lease, ProviderAccount, backoff, plain_message
+from gallery.models import (
+    Generation,
+    Image,
+    Lease,
+    Post,
+    ProviderAccount,
+    backoff,
+    plain_message,
+)
 
 log = logging.getLogger(__name__)
 
@@ -702,6 +710,12 @@ def reconcile(wait_for_leases: bool = False) -> None:
     for kind, needed in work.items():
         if needed and not wake(kind) and wait_for_leases:
             _wake_when_lapsed(kind)
+
+
+def prune() -> int:
+    """Scheduled daily: delete what is only kept for a while. How many rows went."""
+    deleted, _ = Post.objects.expired().delete()
+    return deleted
 
 
 def _wake_when_lapsed(kind: str) -> None:

@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,11 @@ from django.apps import apps
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import timezone
+from django_q.models import Schedule
 from django_ratelimit.core import get_usage
 
+from gallery import tasks
 from gallery.models import Generation, Post, request_fingerprint
 from ledger.models import UserLimits, reserved
 from tests.factories import done_generation, make_generation
@@ -126,6 +130,35 @@ def test_it_does_not_make_a_post_again_after_its_images_are_deleted(client, alic
     htmx = client.post(CREATE, form_data(key), **HTMX)
     assert htmx.status_code == 200 and card_ids(htmx.content.decode()) == []
     assert not Generation.objects.exists()
+
+
+def test_it_prunes_form_keys_after_the_days_they_are_kept(client, alice, settings):
+    settings.POST_KEYS_KEPT_DAYS = 30
+    client.force_login(alice)
+    old, fresh = uuid.uuid4(), uuid.uuid4()
+    for key in (old, fresh):
+        client.post(CREATE, form_data(key, prompt=f"prompt {key}"))
+    Post.objects.filter(key=old).update(created_at=timezone.now() - timedelta(days=31))
+    Post.objects.filter(key=fresh).update(created_at=timezone.now() - timedelta(days=29))
+    assert tasks.prune() == 1
+    assert list(Post.objects.values_list("key", flat=True)) == [fresh]
+    assert tasks.prune() == 0
+    # Within the days kept, the same form makes nothing; past them, it is a new post.
+    Generation.objects.all().delete_with_files()
+    client.post(CREATE, form_data(fresh, prompt=f"prompt {fresh}"))
+    assert not Generation.objects.exists()
+    client.post(CREATE, form_data(old, prompt=f"prompt {old}"))
+    assert Generation.objects.count() == 2
+
+
+@pytest.mark.django_db
+def test_it_prunes_once_a_day_by_a_schedule():
+    schedule = Schedule.objects.get(name="gallery.prune")
+    assert (schedule.func, schedule.schedule_type, schedule.repeats) == (
+        "gallery.tasks.prune",
+        Schedule.DAILY,
+        -1,
+    )
 
 
 def test_it_keeps_keys_apart_per_user(client, alice, bob):
