@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -165,6 +166,23 @@ def empty_queue() -> Iterator[None]:
     broker.purge_queue()
     yield
     broker.delete_queue()
+
+
+@pytest.fixture(autouse=True)
+def steady_rate_limit_windows(monkeypatch):
+    """django-ratelimit counts in fixed windows ("5/m": a minute) that end at a set second of
+    the clock, so a test that ran across a window's end saw its counts start again from zero
+    halfway (a rare failure of the rate-limit tests on a loaded machine). Here each window
+    ends a second short of one period after the test started: none ends within a test, and
+    `time_left` counts down as in a window just begun ("about 59 seconds")."""
+    import django_ratelimit.core
+
+    started = int(time.time())
+
+    def window_end(value, period: int) -> int:
+        return started + period - 1
+
+    monkeypatch.setattr(django_ratelimit.core, "_get_window", window_end)
 
 
 @pytest.fixture(autouse=True)
