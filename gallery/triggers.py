@@ -16,13 +16,9 @@ from __future__ import annotations
 
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-# 'done' and 'failed' are Generation.Status.DONE and FAILED: a change of status between two
-# unfinished states (most of a generation's writes) touches no counter and locks no row, on
-# either database.
-SQLITE = [
-    """
-    CREATE TRIGGER IF NOT EXISTS gallery_counts_insert AFTER INSERT ON gallery_generation
-    BEGIN
+# A generation's row counted in its owner's counters (`new`), and taken out of them (`old`);
+# an update that changes what counts does both.
+_SQLITE_COUNT_NEW = """\
         INSERT INTO gallery_gallerycounts (owner_id, total, done, failed, favorites)
         VALUES (new.owner_id, 1, new.status = 'done', new.status = 'failed', new.is_favorite)
         ON CONFLICT (owner_id) DO UPDATE SET
@@ -30,20 +26,31 @@ SQLITE = [
             done = done + excluded.done,
             failed = failed + excluded.failed,
             favorites = favorites + excluded.favorites;
-    END
-    """,
-    """
-    CREATE TRIGGER IF NOT EXISTS gallery_counts_delete AFTER DELETE ON gallery_generation
-    BEGIN
+"""
+_SQLITE_UNCOUNT_OLD = """\
         UPDATE gallery_gallerycounts SET
             total = total - 1,
             done = done - (old.status = 'done'),
             failed = failed - (old.status = 'failed'),
             favorites = favorites - old.is_favorite
         WHERE owner_id = old.owner_id;
-    END
+"""
+
+# 'done' and 'failed' are Generation.Status.DONE and FAILED: a change of status between two
+# unfinished states (most of a generation's writes) touches no counter and locks no row, on
+# either database.
+SQLITE = [
+    f"""
+    CREATE TRIGGER IF NOT EXISTS gallery_counts_insert AFTER INSERT ON gallery_generation
+    BEGIN
+{_SQLITE_COUNT_NEW}    END
     """,
-    """
+    f"""
+    CREATE TRIGGER IF NOT EXISTS gallery_counts_delete AFTER DELETE ON gallery_generation
+    BEGIN
+{_SQLITE_UNCOUNT_OLD}    END
+    """,
+    f"""
     CREATE TRIGGER IF NOT EXISTS gallery_counts_update
     AFTER UPDATE OF owner_id, status, is_favorite ON gallery_generation
     WHEN old.owner_id != new.owner_id
@@ -51,20 +58,7 @@ SQLITE = [
         OR (old.status = 'failed') != (new.status = 'failed')
         OR old.is_favorite != new.is_favorite
     BEGIN
-        UPDATE gallery_gallerycounts SET
-            total = total - 1,
-            done = done - (old.status = 'done'),
-            failed = failed - (old.status = 'failed'),
-            favorites = favorites - old.is_favorite
-        WHERE owner_id = old.owner_id;
-        INSERT INTO gallery_gallerycounts (owner_id, total, done, failed, favorites)
-        VALUES (new.owner_id, 1, new.status = 'done', new.status = 'failed', new.is_favorite)
-        ON CONFLICT (owner_id) DO UPDATE SET
-            total = total + 1,
-            done = done + excluded.done,
-            failed = failed + excluded.failed,
-            favorites = favorites + excluded.favorites;
-    END
+{_SQLITE_UNCOUNT_OLD}{_SQLITE_COUNT_NEW}    END
     """,
     # An external-content table: it holds the index only, the prompts stay in
     # gallery_generation. Its rowid is the generation's id.
