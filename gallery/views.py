@@ -23,6 +23,7 @@ from django.utils.http import (
     url_has_allowed_host_and_scheme,
     urlencode,
 )
+from django.utils.text import slugify
 from django.utils.translation import ngettext
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import reswap, retarget
@@ -395,14 +396,21 @@ def bulk(request: HttpRequest) -> HttpResponse:
 
 
 def _export(
-    request: HttpRequest, images: ImageQuerySet, filename: str, empty: str, back: str
+    request: HttpRequest,
+    images: ImageQuerySet,
+    filename: str,
+    empty: str,
+    back: str,
+    about: dict | None = None,
 ) -> HttpResponse:
     if not images.exists():
         messages.info(request, empty)
         return redirect(back)
     provenance = Preferences.file_provenance_of(request.user.pk)
     try:
-        return export.zip_response(request.user, images, filename=filename, provenance=provenance)
+        return export.zip_response(
+            request.user, images, filename=filename, provenance=provenance, about=about
+        )
     except export.ExportRunning as running:
         messages.error(request, running.message)
         return redirect(back)
@@ -468,6 +476,18 @@ def collection_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "active_links": sum(link.is_active for link in links),
     }
     return render(request, "gallery/collection.html", context)
+
+
+@require_GET
+def collection_export(request: HttpRequest, pk: int) -> HttpResponse:
+    """The collection's images in one zip, with its manifest.json (as export_all)."""
+    collection = _get_collection_for_user(request, pk)
+    words = slugify(collection.name)[:40].strip("-") or f"collection-{collection.pk}"
+    name = f"banana-gallery-{words}-{timezone.localdate().isoformat()}.zip"
+    empty = f"“{collection.name}” has no finished images yet: there is nothing to download."
+    images = Image.objects.owned_by(request.user).filter(generation__in=collection.gallery())
+    about = {"collection": {"id": collection.pk, "name": collection.name}}
+    return _export(request, images, name, empty, collection.get_absolute_url(), about)
 
 
 @require_http_methods(["GET", "POST"])
