@@ -27,9 +27,9 @@ from ninja.responses import codes_4xx
 from ninja.security import HttpBearer
 from pydantic import field_validator
 
-from accounts.models import Approval
+from accounts.models import Approval, Preferences
 from api.models import ApiToken
-from gallery import provider, tasks, views
+from gallery import export, provider, tasks, views
 from gallery.forms import CollectionForm, GalleryFilterForm, GenerationForm
 from gallery.models import (
     Collection,
@@ -664,3 +664,34 @@ def remove_from_collection(
     collection = _get_collection_for_user(request, collection_id)
     removed = collection.remove(_own_generations(request, payload.generation_ids))
     return {"removed": removed, "item_count": collection.items.count()}
+
+
+ZIP_RESPONSES = {
+    "responses": {
+        "200": {
+            "description": "The zip, streamed as it is made: the images and a manifest.json.",
+            "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    }
+}
+
+
+@api.get(
+    "/collections/{collection_id}/export",
+    response={**ERRORS},
+    tags=["collections"],
+    openapi_extra=ZIP_RESPONSES,
+)
+def export_collection(request: HttpRequest, collection_id: int = Path(..., ge=1, le=ID_MAX)):
+    """The collection's images in one zip with a manifest.json, as its page's Download zip
+    (an empty collection's has the manifest alone); 409 while another export of yours is
+    still being downloaded."""
+    collection = _get_collection_for_user(request, collection_id)
+    images, filename, about = export.of_collection(collection)
+    provenance = Preferences.file_provenance_of(request.user.pk)
+    try:
+        return export.zip_response(
+            request.user, images, filename=filename, provenance=provenance, about=about
+        )
+    except export.ExportRunning as running:
+        raise ApiError(409, "export_running", running.message) from None

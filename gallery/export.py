@@ -33,7 +33,14 @@ from django.utils.http import content_disposition_header
 from django.utils.text import slugify
 from zipstream import ZipStream
 
-from gallery.models import PROVENANCE_APP, CollectionItem, Image, ImageQuerySet, Lease
+from gallery.models import (
+    PROVENANCE_APP,
+    Collection,
+    CollectionItem,
+    Image,
+    ImageQuerySet,
+    Lease,
+)
 from ledger.models import LedgerEntry
 
 CHUNK = 200
@@ -61,6 +68,15 @@ def file_name(image: Image) -> str:
     day = timezone.localdate(generation.created_at).isoformat()
     words = slugify(generation.prompt[:60])[:40].strip("-") or "image"
     return f"{day}_{words}_{image.pk}.{image.extension}"
+
+
+def of_collection(collection: Collection) -> tuple[ImageQuerySet, str, dict]:
+    """What a collection's export is made of: its images, the zip's file name (e.g.
+    `banana-gallery-trips-2026-11-03.zip`) and what its manifest says about it."""
+    images = Image.objects.filter(generation__in=collection.gallery())
+    words = slugify(collection.name)[:40].strip("-") or f"collection-{collection.pk}"
+    filename = f"banana-gallery-{words}-{timezone.localdate().isoformat()}.zip"
+    return images, filename, {"collection": {"id": collection.pk, "name": collection.name}}
 
 
 def _cost(field: str, output) -> Coalesce:

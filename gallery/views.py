@@ -23,7 +23,6 @@ from django.utils.http import (
     url_has_allowed_host_and_scheme,
     urlencode,
 )
-from django.utils.text import slugify
 from django.utils.translation import ngettext
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import reswap, retarget
@@ -482,11 +481,8 @@ def collection_detail(request: HttpRequest, pk: int) -> HttpResponse:
 def collection_export(request: HttpRequest, pk: int) -> HttpResponse:
     """The collection's images in one zip, with its manifest.json (as export_all)."""
     collection = _get_collection_for_user(request, pk)
-    words = slugify(collection.name)[:40].strip("-") or f"collection-{collection.pk}"
-    name = f"banana-gallery-{words}-{timezone.localdate().isoformat()}.zip"
+    images, name, about = export.of_collection(collection)
     empty = f"“{collection.name}” has no finished images yet: there is nothing to download."
-    images = Image.objects.owned_by(request.user).filter(generation__in=collection.gallery())
-    about = {"collection": {"id": collection.pk, "name": collection.name}}
     return _export(request, images, name, empty, collection.get_absolute_url(), about)
 
 

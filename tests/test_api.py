@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import re
+import zipfile
 from datetime import timedelta
 
 import pytest
@@ -23,11 +24,13 @@ from PIL import Image as PILImage
 
 from accounts.models import Preferences
 from api.models import ApiToken, token_hash
+from gallery import views
 from gallery.models import Collection, Generation, Image
 from ledger.models import LedgerEntry
 from tests.factories import done_generation, make_entry, make_generation
 from tests.support import finished, run_queued_tasks
 from tests.test_budgets import noon, renews
+from tests.test_export import hang_up
 
 API = "/api/v1"
 TOKENS = reverse("api:tokens")
@@ -700,6 +703,48 @@ def test_it_checks_ownership_of_collections(client, alice, bob, alice_token, bob
     assert not theirs.items.exists() and collection.items.count() == 1
 
 
+def test_it_exports_a_collection_as_a_zip(client, rf, alice, bob_token, alice_token):
+    collection = Collection.objects.create(owner=alice, name="Trips")
+    owl = done_generation(alice, "an owl", images=2)
+    done_generation(alice, "not in it")
+    collection.add(Generation.objects.filter(pk=owl.pk))
+    url = f"{API}/collections/{collection.pk}/export"
+    error(client.get(url, headers=bearer(bob_token)), 404, "not_found")
+
+    response = client.get(url, headers=bearer(alice_token))
+    assert response.status_code == 200 and response["Content-Type"] == "application/zip"
+    day = timezone.localdate().isoformat()
+    assert response["Content-Disposition"] == (
+        f'attachment; filename="banana-gallery-trips-{day}.zip"'
+    )
+    archive = zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content)))
+    about = json.loads(archive.read("manifest.json"))
+    assert about["collection"] == {"id": collection.pk, "name": "Trips"}
+    assert sorted(entry["image_id"] for entry in about["images"]) == sorted(
+        owl.images.values_list("pk", flat=True)
+    )
+    assert {entry["file"] for entry in about["images"]} | {"manifest.json"} == set(
+        archive.namelist()
+    )
+
+    empty = Collection.objects.create(owner=alice, name="Empty")
+    response = client.get(f"{API}/collections/{empty.pk}/export", headers=bearer(alice_token))
+    archive = zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content)))
+    assert archive.namelist() == ["manifest.json"]
+    assert json.loads(archive.read("manifest.json"))["count"] == 0
+
+    # One export at a time, the web's and the API's together: one on its way (straight from
+    # the view, as a WSGI server gets it) holds the next off until it ends.
+    request = rf.get(reverse("gallery:collection_export", args=[collection.pk]))
+    request.user = alice
+    first = views.collection_export(request, collection.pk)
+    next(iter(first.streaming_content))
+    running = client.get(url, headers=bearer(alice_token))
+    assert error(running, 409, "export_running")["message"].startswith("Your previous export")
+    hang_up(first)
+    assert client.get(url, headers=bearer(alice_token)).status_code == 200
+
+
 def test_it_refuses_a_revoked_token_for_collections(client, alice, alice_token):
     collection = Collection.objects.create(owner=alice, name="Trips")
     ApiToken.objects.with_secret(alice_token).revoke()
@@ -710,6 +755,7 @@ def test_it_refuses_a_revoked_token_for_collections(client, alice, alice_token):
         client.get(url, headers=bearer(alice_token)),
         client.delete(url, headers=bearer(alice_token)),
         post_json(client, f"{url}/generations", {"generation_ids": [1]}, alice_token),
+        client.get(f"{url}/export", headers=bearer(alice_token)),
     ]:
         error(response, 401, "token_revoked")
     error(client.get(f"{API}/collections"), 401, "unauthorized")
@@ -768,6 +814,7 @@ def test_it_serves_an_openapi_schema_that_validates(client):
         ("GET", f"{API}/collections/{{collection_id}}/generations"),
         ("POST", f"{API}/collections/{{collection_id}}/generations"),
         ("POST", f"{API}/collections/{{collection_id}}/generations/remove"),
+        ("GET", f"{API}/collections/{{collection_id}}/export"),
     }
     for item in schema["paths"].values():
         for operation in item.values():
