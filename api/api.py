@@ -25,12 +25,20 @@ from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.openapi.docs import DocsBase
 from ninja.responses import codes_4xx
 from ninja.security import HttpBearer
+from pydantic import field_validator
 
-from accounts.models import Approval
+from accounts.models import Approval, Preferences
 from api.models import ApiToken
-from gallery import provider, tasks, views
-from gallery.forms import GalleryFilterForm, GenerationForm
-from gallery.models import Generation, Image, LimitReached, wait_words
+from gallery import export, provider, tasks, views
+from gallery.forms import CollectionForm, GalleryFilterForm, GenerationForm
+from gallery.models import (
+    Collection,
+    Generation,
+    GenerationQuerySet,
+    Image,
+    LimitReached,
+    wait_words,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +61,8 @@ ERROR_CODES = {
     429: "rate_limited",
 }
 PAGE_SIZE_MAX = 100
+# Generation ids in one request to add to a collection or take out of it.
+IDS_MAX = 500
 # Ids are 64-bit: a larger number is not found rather than an overflow in the database.
 ID_MAX = 2**63 - 1
 
@@ -238,6 +248,14 @@ def _get_generation_for_user(request: HttpRequest, pk: int) -> Generation:
     return generation
 
 
+def _get_collection_for_user(request: HttpRequest, pk: int) -> Collection:
+    found = Collection.objects.owned_by(request.user).with_counts().filter(pk=pk)
+    collection = found.first()
+    if collection is None:
+        raise ApiError(404, "not_found", f"You have no collection {pk}.")
+    return collection
+
+
 def _own_image_id(request: HttpRequest, pk: int) -> int:
     """`pk` if it is one of the user's images. The gallery's view checks that too, with its
     own 404; this one says which image."""
@@ -327,6 +345,57 @@ class GalleryQuery(Schema):
     limit: int = Field(views.PAGE_SIZE, ge=1, le=PAGE_SIZE_MAX)
 
 
+class CollectionIn(Schema):
+    name: str = Field(json_schema_extra={"maxLength": 100})
+    description: str = Field("", json_schema_extra={"maxLength": 1000})
+
+
+class CollectionPatch(Schema):
+    name: str | None = Field(None, description="A new name; left as it is if not given.")
+    description: str | None = None
+
+
+class CollectionOut(Schema):
+    id: int
+    name: str
+    description: str
+    item_count: int = Field(description="How many generations it holds.")
+    created_at: datetime
+    updated_at: datetime
+    web_url: str
+
+
+class CollectionsOut(Schema):
+    collections: list[CollectionOut]
+
+
+class GenerationIdsIn(Schema):
+    generation_ids: list[int] = Field(
+        min_length=1,
+        max_length=IDS_MAX,
+        description=f"Ids of your generations, at most {IDS_MAX}.",
+        json_schema_extra={"items": {"type": "integer", "minimum": 1, "maximum": ID_MAX}},
+    )
+
+    @field_validator("generation_ids")
+    @classmethod
+    def _in_range(cls, ids: list[int]) -> list[int]:
+        # Checked here rather than item by item, so that the error names the field.
+        if any(not 1 <= pk <= ID_MAX for pk in ids):
+            raise ValueError(f"Generation ids are whole numbers from 1 to {ID_MAX}.")
+        return list(dict.fromkeys(ids))
+
+
+class AddedOut(Schema):
+    added: int = Field(description="How many were not in the collection yet.")
+    item_count: int
+
+
+class RemovedOut(Schema):
+    removed: int = Field(description="How many were in the collection.")
+    item_count: int
+
+
 def _image_out(request: HttpRequest, image: Image) -> dict:
     file_url = _absolute(request, reverse("api-v1:image_file", args=[image.pk]))
     return {
@@ -351,6 +420,32 @@ def _generation_out(request: HttpRequest, generation: Generation) -> dict:
         **{name: getattr(generation, name) for name in fields},
         "web_url": _absolute(request, generation.get_absolute_url()),
         "images": [_image_out(request, image) for image in generation.images.all()],
+    }
+
+
+def _gallery_out(
+    request: HttpRequest, filters: GalleryQuery, generations: GenerationQuerySet
+) -> dict:
+    """One page of `generations` (the gallery's or a collection's) with the gallery's filters,
+    newest first, keyset-paged on the id."""
+    given = filters.dict(exclude={"limit"})
+    filter_form = GalleryFilterForm({k: v for k, v in given.items() if v not in (None, False)})
+    if not filter_form.is_valid():
+        raise _form_invalid(filter_form)
+    generations = filter_form.filter(generations).before(filter_form.cursor())
+    page = list(generations.prefetch_related("images")[: filters.limit + 1])
+    more = len(page) > filters.limit
+    page = page[: filters.limit]
+    next_cursor = page[-1].pk if more else None
+    next_url = None
+    if next_cursor:
+        query = {k: v for k, v in request.GET.items() if k != "before"}
+        query["before"] = next_cursor
+        next_url = _absolute(request, f"{request.path}?{urlencode(query)}")
+    return {
+        "generations": [_generation_out(request, g) for g in page],
+        "next_cursor": next_cursor,
+        "next_url": next_url,
     }
 
 
@@ -386,27 +481,7 @@ def create_generations(request: HttpRequest, payload: GenerationIn):
 @api.get("/generations", response={200: GalleryOut, **ERRORS}, tags=["generations"])
 def list_generations(request: HttpRequest, filters: Query[GalleryQuery]):
     """The gallery, newest first, with its filters; page on with `before=next_cursor`."""
-    given = filters.dict(exclude={"limit"})
-    filter_form = GalleryFilterForm({k: v for k, v in given.items() if v not in (None, False)})
-    if not filter_form.is_valid():
-        raise _form_invalid(filter_form)
-    generations = filter_form.filter(Generation.objects.owned_by(request.user))
-    if cursor := filter_form.cursor():
-        generations = generations.filter(pk__lt=cursor)
-    page = list(generations.prefetch_related("images")[: filters.limit + 1])
-    more = len(page) > filters.limit
-    page = page[: filters.limit]
-    next_cursor = page[-1].pk if more else None
-    next_url = None
-    if next_cursor:
-        query = {k: v for k, v in request.GET.items() if k != "before"}
-        query["before"] = next_cursor
-        next_url = _absolute(request, f"{request.path}?{urlencode(query)}")
-    return {
-        "generations": [_generation_out(request, g) for g in page],
-        "next_cursor": next_cursor,
-        "next_url": next_url,
-    }
+    return _gallery_out(request, filters, Generation.objects.owned_by(request.user))
 
 
 @api.get(
@@ -470,3 +545,153 @@ def image_file(
 def image_thumbnail(request: HttpRequest, image_id: int = Path(..., ge=1, le=ID_MAX)):
     """The image's WebP thumbnail, THUMBNAIL_HEIGHT pixels tall."""
     return views.image_thumbnail(request, _own_image_id(request, image_id))
+
+
+# Collections: checked by the gallery's own form, so that a name is unique per owner whatever
+# its case, and limited in length, with the same messages.
+
+
+def _collection_out(request: HttpRequest, collection: Collection) -> dict:
+    fields = ["id", "name", "description", "item_count", "created_at", "updated_at"]
+    return {
+        **{name: getattr(collection, name) for name in fields},
+        "web_url": _absolute(request, collection.get_absolute_url()),
+    }
+
+
+def _own_generations(request: HttpRequest, ids: list[int]) -> GenerationQuerySet:
+    """The user's generations of these ids; a 404 naming those that are not theirs, rather
+    than leaving them out without a word."""
+    generations = Generation.objects.owned_by(request.user).filter(pk__in=ids)
+    found = set(generations.values_list("pk", flat=True))
+    if missing := [pk for pk in ids if pk not in found]:
+        listed = ", ".join(map(str, missing))
+        word = "generation" if len(missing) == 1 else "generations"
+        raise ApiError(404, "not_found", f"You have no {word} {listed}.")
+    return generations
+
+
+@api.get("/collections", response={200: CollectionsOut, **ERRORS}, tags=["collections"])
+def list_collections(request: HttpRequest):
+    """Your collections, by name, each with how many generations it holds."""
+    collections = Collection.objects.owned_by(request.user).with_counts()
+    return {"collections": [_collection_out(request, c) for c in collections]}
+
+
+@api.post("/collections", response={201: CollectionOut, **ERRORS}, tags=["collections"])
+def create_collection(request: HttpRequest, payload: CollectionIn):
+    """Make a collection; 422 for a name that is empty, too long or one of yours already."""
+    form = CollectionForm(payload.dict(), owner=request.user)
+    if not form.is_valid():
+        raise _form_invalid(form)
+    collection = form.save()
+    return Status(201, _collection_out(request, _get_collection_for_user(request, collection.pk)))
+
+
+@api.get(
+    "/collections/{collection_id}",
+    response={200: CollectionOut, **ERRORS},
+    tags=["collections"],
+    url_name="collection",
+)
+def get_collection(request: HttpRequest, collection_id: int = Path(..., ge=1, le=ID_MAX)):
+    return _collection_out(request, _get_collection_for_user(request, collection_id))
+
+
+@api.patch(
+    "/collections/{collection_id}", response={200: CollectionOut, **ERRORS}, tags=["collections"]
+)
+def update_collection(
+    request: HttpRequest, payload: CollectionPatch, collection_id: int = Path(..., ge=1, le=ID_MAX)
+):
+    """Rename a collection or change its description, checked as when it was made."""
+    collection = _get_collection_for_user(request, collection_id)
+    given = payload.dict(exclude_none=True)
+    data = {"name": collection.name, "description": collection.description, **given}
+    form = CollectionForm(data, instance=collection, owner=request.user)
+    if not form.is_valid():
+        raise _form_invalid(form)
+    form.save()
+    return _collection_out(request, _get_collection_for_user(request, collection_id))
+
+
+@api.delete("/collections/{collection_id}", response={204: None, **ERRORS}, tags=["collections"])
+def delete_collection(request: HttpRequest, collection_id: int = Path(..., ge=1, le=ID_MAX)):
+    """Delete a collection; its generations stay in your gallery."""
+    _get_collection_for_user(request, collection_id).delete()
+    return Status(204, None)
+
+
+@api.get(
+    "/collections/{collection_id}/generations",
+    response={200: GalleryOut, **ERRORS},
+    tags=["collections"],
+)
+def list_collection_generations(
+    request: HttpRequest,
+    filters: Query[GalleryQuery],
+    collection_id: int = Path(..., ge=1, le=ID_MAX),
+):
+    """A collection's generations, newest first, with the gallery's filters and cursor."""
+    collection = _get_collection_for_user(request, collection_id)
+    return _gallery_out(request, filters, collection.gallery())
+
+
+@api.post(
+    "/collections/{collection_id}/generations",
+    response={200: AddedOut, **ERRORS},
+    tags=["collections"],
+)
+def add_to_collection(
+    request: HttpRequest, payload: GenerationIdsIn, collection_id: int = Path(..., ge=1, le=ID_MAX)
+):
+    """Put generations in a collection; those in it already are counted out of `added`."""
+    collection = _get_collection_for_user(request, collection_id)
+    added = collection.add(_own_generations(request, payload.generation_ids))
+    return {"added": added, "item_count": collection.items.count()}
+
+
+@api.post(
+    "/collections/{collection_id}/generations/remove",
+    response={200: RemovedOut, **ERRORS},
+    tags=["collections"],
+)
+def remove_from_collection(
+    request: HttpRequest, payload: GenerationIdsIn, collection_id: int = Path(..., ge=1, le=ID_MAX)
+):
+    """Take generations out of a collection (a POST: a DELETE's body is dropped by some
+    clients and proxies); they stay in your gallery."""
+    collection = _get_collection_for_user(request, collection_id)
+    removed = collection.remove(_own_generations(request, payload.generation_ids))
+    return {"removed": removed, "item_count": collection.items.count()}
+
+
+ZIP_RESPONSES = {
+    "responses": {
+        "200": {
+            "description": "The zip, streamed as it is made: the images and a manifest.json.",
+            "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    }
+}
+
+
+@api.get(
+    "/collections/{collection_id}/export",
+    response={**ERRORS},
+    tags=["collections"],
+    openapi_extra=ZIP_RESPONSES,
+)
+def export_collection(request: HttpRequest, collection_id: int = Path(..., ge=1, le=ID_MAX)):
+    """The collection's images in one zip with a manifest.json, as its page's Download zip
+    (an empty collection's has the manifest alone); 409 while another export of yours is
+    still being downloaded."""
+    collection = _get_collection_for_user(request, collection_id)
+    images, filename, about = export.of_collection(collection)
+    provenance = Preferences.file_provenance_of(request.user.pk)
+    try:
+        return export.zip_response(
+            request.user, images, filename=filename, provenance=provenance, about=about
+        )
+    except export.ExportRunning as running:
+        raise ApiError(409, "export_running", running.message) from None

@@ -4,8 +4,9 @@ zipstream-ng writes the zip: pure Python without dependencies, files stored as t
 and JPEG are compressed already, so deflating them again would cost CPU for nothing) and
 streamed without buffering, Zip64 only when the zip needs it. The images come from the
 database in chunks of CHUNK by id, so the queries are one per chunk whatever the gallery's
-size; each file is read from storage a block at a time, with its provenance written in when
-its owner wants that (gallery.provenance), and hashed on its way into the zip.
+size (and one more for a chunk with images in collections, for their names); each file is
+read from storage a block at a time, with its provenance written in when its owner wants
+that (gallery.provenance), and hashed on its way into the zip.
 
 The manifest comes last, so that it can give every file's size and sha256 as they are in the
 zip: each image's entry is written to a spooled temporary file (in memory up to 256 KB, on
@@ -24,15 +25,22 @@ import time
 from collections.abc import Iterator
 from typing import IO
 
-from django.db.models import DecimalField, IntegerField, OuterRef, Subquery, Sum
-from django.db.models.functions import Coalesce
+from django.db.models import DecimalField, Exists, IntegerField, OuterRef, Subquery, Sum
+from django.db.models.functions import Coalesce, Lower
 from django.http import StreamingHttpResponse
 from django.utils import timezone
 from django.utils.http import content_disposition_header
 from django.utils.text import slugify
 from zipstream import ZipStream
 
-from gallery.models import PROVENANCE_APP, Image, ImageQuerySet, Lease
+from gallery.models import (
+    PROVENANCE_APP,
+    Collection,
+    CollectionItem,
+    Image,
+    ImageQuerySet,
+    Lease,
+)
 from ledger.models import LedgerEntry
 
 CHUNK = 200
@@ -62,6 +70,15 @@ def file_name(image: Image) -> str:
     return f"{day}_{words}_{image.pk}.{image.extension}"
 
 
+def of_collection(collection: Collection) -> tuple[ImageQuerySet, str, dict]:
+    """What a collection's export is made of: its images, the zip's file name (e.g.
+    `banana-gallery-trips-2026-11-03.zip`) and what its manifest says about it."""
+    images = Image.objects.filter(generation__in=collection.gallery())
+    words = slugify(collection.name)[:40].strip("-") or f"collection-{collection.pk}"
+    filename = f"banana-gallery-{words}-{timezone.localdate().isoformat()}.zip"
+    return images, filename, {"collection": {"id": collection.pk, "name": collection.name}}
+
+
 def _cost(field: str, output) -> Coalesce:
     """The sum of `field` over the ledger entries of the image's generation (one per try)."""
     entries = (
@@ -74,8 +91,26 @@ def _cost(field: str, output) -> Coalesce:
     return Subquery(entries, output_field=output)
 
 
+def _with_collection_names(chunk: list[Image]) -> list[Image]:
+    """The chunk, each image with `collection_names`: those of the collections its generation
+    is in, by name. One query for the chunk, and none for one whose images are in none."""
+    ids = {image.generation_id for image in chunk if image.in_collection}
+    names: dict[int, list[str]] = {}
+    if ids:
+        items = (
+            CollectionItem.objects.filter(generation_id__in=ids)
+            .order_by(Lower("collection__name"), "collection_id")
+            .values_list("generation_id", "collection__name")
+        )
+        for generation_id, name in items:
+            names.setdefault(generation_id, []).append(name)
+    for image in chunk:
+        image.collection_names = names.get(image.generation_id, [])
+    return chunk
+
+
 def _chunks(images: ImageQuerySet) -> Iterator[list[Image]]:
-    """The images with their generations and costs, CHUNK at a time, by id."""
+    """The images with their generations, costs and collections, CHUNK at a time, by id."""
     rows = (
         images.select_related("generation")
         .annotate(
@@ -86,12 +121,13 @@ def _chunks(images: ImageQuerySet) -> Iterator[list[Image]]:
                 .exclude(currency="")
                 .values("currency")[:1]
             ),
+            in_collection=Exists(CollectionItem.objects.filter(generation=OuterRef("generation"))),
         )
         .order_by("pk")
     )
     last = 0
     while chunk := list(rows.filter(pk__gt=last)[:CHUNK]):
-        yield chunk
+        yield _with_collection_names(chunk)
         last = chunk[-1].pk
         # Each image and its FieldFile refer to each other, so a chunk done with is only
         # freed by a full collection, which Python runs rarely: without this, a big export
@@ -134,8 +170,7 @@ def manifest_entry(image: Image, name: str, size: int, sha256: str) -> dict:
         "stored_at": image.created_at.isoformat(),
         "timings": generation.timings,
         "favorite": generation.is_favorite,
-        # Collection names go here once collections exist, prefetched with each chunk.
-        "collections": [],
+        "collections": image.collection_names,
         "cost": cost,
     }
 
@@ -201,10 +236,10 @@ def _held(user_id: int, token: str, chunks: Iterator[bytes]) -> Iterator[bytes]:
 
 
 def zip_response(
-    user, images: ImageQuerySet, *, filename: str, provenance: bool
+    user, images: ImageQuerySet, *, filename: str, provenance: bool, about: dict | None = None
 ) -> StreamingHttpResponse:
-    """The streamed zip of `images` (the user's own) as an attachment. Raises ExportRunning
-    while another export of the user's streams."""
+    """The streamed zip of `images` (the user's own) as an attachment, `about` added to the
+    manifest's. Raises ExportRunning while another export of the user's streams."""
     token = Lease.take(f"export:{user.pk}", LEASE_SECONDS)
     if token is None:
         raise ExportRunning
@@ -213,6 +248,7 @@ def zip_response(
         "exported_at": timezone.now().isoformat(),
         "user": user.get_username(),
         "provenance_in_files": provenance,
+        **(about or {}),
     }
     chunks = _held(user.pk, token, zip_chunks(images, provenance=provenance, about=about))
     response = StreamingHttpResponse(chunks, content_type="application/zip")

@@ -1869,9 +1869,11 @@ class CollectionQuerySet(models.QuerySet):
             .order_by("-added_at", "-id")
             .values("generation_id")[:1]
         )
-        return self.annotate(
+        counted = self.annotate(
             item_count=Count("items", distinct=True), cover_generation_id=Subquery(newest_done)
         )
+        # A query with GROUP BY leaves Meta.ordering out: by name again, as the others are.
+        return counted.order_by(*Collection._meta.ordering)
 
 
 class Collection(models.Model):

@@ -30,6 +30,7 @@ urlpatterns = [
     path("collections/add/", views.collection_add, name="collection_add"),
     path("collections/<id:pk>/", views.collection_detail, name="collection"),
     path("collections/<id:pk>/edit/", views.collection_edit, name="collection_edit"),
+    path("collections/<id:pk>/export/", views.collection_export, name="collection_export"),
     path("collections/<id:pk>/delete/", views.collection_delete, name="collection_delete"),
     path("collections/<id:pk>/remove/", views.collection_remove, name="collection_remove"),
     path("collections/<id:pk>/share/", views.collection_share, name="collection_share"),

@@ -395,14 +395,21 @@ def bulk(request: HttpRequest) -> HttpResponse:
 
 
 def _export(
-    request: HttpRequest, images: ImageQuerySet, filename: str, empty: str, back: str
+    request: HttpRequest,
+    images: ImageQuerySet,
+    filename: str,
+    empty: str,
+    back: str,
+    about: dict | None = None,
 ) -> HttpResponse:
     if not images.exists():
         messages.info(request, empty)
         return redirect(back)
     provenance = Preferences.file_provenance_of(request.user.pk)
     try:
-        return export.zip_response(request.user, images, filename=filename, provenance=provenance)
+        return export.zip_response(
+            request.user, images, filename=filename, provenance=provenance, about=about
+        )
     except export.ExportRunning as running:
         messages.error(request, running.message)
         return redirect(back)
@@ -468,6 +475,15 @@ def collection_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "active_links": sum(link.is_active for link in links),
     }
     return render(request, "gallery/collection.html", context)
+
+
+@require_GET
+def collection_export(request: HttpRequest, pk: int) -> HttpResponse:
+    """The collection's images in one zip, with its manifest.json (as export_all)."""
+    collection = _get_collection_for_user(request, pk)
+    images, name, about = export.of_collection(collection)
+    empty = f"“{collection.name}” has no finished images yet: there is nothing to download."
+    return _export(request, images, name, empty, collection.get_absolute_url(), about)
 
 
 @require_http_methods(["GET", "POST"])

@@ -10,10 +10,13 @@ import hashlib
 import io
 import json
 import re
+import zipfile
 from datetime import timedelta
 
 import pytest
 import requests
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 from openapi_spec_validator import validate
@@ -21,11 +24,13 @@ from PIL import Image as PILImage
 
 from accounts.models import Preferences
 from api.models import ApiToken, token_hash
-from gallery.models import Generation
+from gallery import views
+from gallery.models import Collection, Generation, Image
 from ledger.models import LedgerEntry
 from tests.factories import done_generation, make_entry, make_generation
 from tests.support import finished, run_queued_tasks
 from tests.test_budgets import noon, renews
+from tests.test_export import hang_up
 
 API = "/api/v1"
 TOKENS = reverse("api:tokens")
@@ -479,6 +484,284 @@ def test_it_answers_every_error_in_one_shape(client, alice, alice_token, caplog)
     assert "Traceback" not in response.content.decode()
 
 
+# Collections
+
+
+def patch_json(client, path: str, data, secret: str):
+    return client.patch(
+        path, json.dumps(data), content_type="application/json", headers=bearer(secret)
+    )
+
+
+def test_it_makes_lists_shows_renames_and_deletes_a_collection(client, alice, bob, alice_token):
+    Collection.objects.create(owner=bob, name="Bob's")
+    response = post_json(
+        client, f"{API}/collections", {"name": "  Trips ", "description": "Away"}, alice_token
+    )
+    assert response.status_code == 201, response.content
+    made = response.json()
+    collection = Collection.objects.get(owner=alice)
+    assert (collection.name, collection.description) == ("Trips", "Away")
+    assert made["id"] == collection.pk and made["name"] == "Trips"
+    assert made["item_count"] == 0
+    assert made["web_url"] == f"http://testserver{collection.get_absolute_url()}"
+    assert set(made) == {
+        "id",
+        "name",
+        "description",
+        "item_count",
+        "created_at",
+        "updated_at",
+        "web_url",
+    }
+    # Without a description: an empty one.
+    birds = post_json(client, f"{API}/collections", {"name": "Birds"}, alice_token).json()
+    assert birds["description"] == ""
+
+    listed = client.get(f"{API}/collections", headers=bearer(alice_token)).json()
+    assert [c["name"] for c in listed["collections"]] == ["Birds", "Trips"]
+    assert (
+        client.get(f"{API}/collections/{collection.pk}", headers=bearer(alice_token)).json() == made
+    )
+
+    url = f"{API}/collections/{collection.pk}"
+    renamed = patch_json(client, url, {"name": "Holidays"}, alice_token)
+    assert renamed.status_code == 200, renamed.content
+    assert renamed.json()["name"] == "Holidays" and renamed.json()["description"] == "Away"
+    described = patch_json(client, url, {"description": ""}, alice_token).json()
+    assert (described["name"], described["description"]) == ("Holidays", "")
+    # The same name in another case is still its own.
+    assert patch_json(client, url, {"name": "HOLIDAYS"}, alice_token).json()["name"] == "HOLIDAYS"
+    collection.refresh_from_db()
+    assert collection.name == "HOLIDAYS"
+
+    assert client.delete(url, headers=bearer(alice_token)).status_code == 204
+    assert not Collection.objects.filter(pk=collection.pk).exists()
+    again = client.get(url, headers=bearer(alice_token))
+    assert error(again, 404, "not_found")["message"] == f"You have no collection {collection.pk}."
+
+
+def test_it_refuses_a_bad_collection_name_with_the_forms_messages(client, alice, alice_token):
+    Collection.objects.create(owner=alice, name="Trips")
+    birds = Collection.objects.create(owner=alice, name="Birds")
+    taken = post_json(client, f"{API}/collections", {"name": "tRIPS"}, alice_token)
+    assert error(taken, 422, "invalid")["fields"] == {
+        "name": "You already have a collection named “tRIPS”."
+    }
+    empty = post_json(client, f"{API}/collections", {"name": "  "}, alice_token)
+    assert error(empty, 422, "invalid")["fields"] == {"name": "Name the collection."}
+    long = post_json(client, f"{API}/collections", {"name": "x" * 101}, alice_token)
+    assert error(long, 422, "invalid")["fields"]["name"].startswith(
+        "A collection's name is at most 100 characters long"
+    )
+    wordy = post_json(
+        client, f"{API}/collections", {"name": "Cats", "description": "x" * 1001}, alice_token
+    )
+    assert set(error(wordy, 422, "invalid")["fields"]) == {"description"}
+    missing = post_json(client, f"{API}/collections", {}, alice_token)
+    assert error(missing, 422, "invalid")["fields"] == {"name": "Field required"}
+    renamed = patch_json(client, f"{API}/collections/{birds.pk}", {"name": "trips"}, alice_token)
+    assert error(renamed, 422, "invalid")["fields"] == {
+        "name": "You already have a collection named “trips”."
+    }
+    assert sorted(Collection.objects.values_list("name", flat=True)) == ["Birds", "Trips"]
+
+
+def test_it_deletes_a_collection_and_keeps_its_images(client, alice, alice_token):
+    collection = Collection.objects.create(owner=alice, name="Trips")
+    generation = done_generation(alice)
+    collection.add(Generation.objects.all())
+    image = generation.images.get()
+    response = client.delete(f"{API}/collections/{collection.pk}", headers=bearer(alice_token))
+    assert response.status_code == 204
+    assert not Collection.objects.exists()
+    assert Generation.objects.filter(pk=generation.pk).exists()
+    assert Image.objects.filter(pk=image.pk).exists()
+    assert image.file.storage.exists(image.file.name)
+
+
+def test_it_lists_collections_in_a_flat_number_of_queries(client, alice, alice_token):
+    def queries() -> int:
+        with CaptureQueriesContext(connection) as captured:
+            response = client.get(f"{API}/collections", headers=bearer(alice_token))
+        assert response.status_code == 200
+        return len(captured), response.json()["collections"]
+
+    client.get(f"{API}/collections", headers=bearer(alice_token))  # the token's first use
+    first = Collection.objects.create(owner=alice, name="Set 0")
+    first.add(Generation.objects.filter(pk=done_generation(alice).pk))
+    one, listed = queries()
+    assert [c["item_count"] for c in listed] == [1]
+    for i in range(1, 6):
+        collection = Collection.objects.create(owner=alice, name=f"Set {i}")
+        collection.add(
+            Generation.objects.filter(pk__in=[done_generation(alice).pk for _ in range(i)])
+        )
+    many, listed = queries()
+    assert [c["item_count"] for c in listed] == [1, 1, 2, 3, 4, 5]
+    assert many == one
+
+
+def test_it_adds_lists_and_removes_a_collections_generations(client, alice, alice_token):
+    collection = Collection.objects.create(owner=alice, name="Trips")
+    made = [done_generation(alice, f"trip {i}") for i in range(5)]
+    failed = make_generation(alice, "a failed trip", status="failed")
+    done_generation(alice, "not in it")
+    url = f"{API}/collections/{collection.pk}/generations"
+    ids = [g.pk for g in [*made, failed]]
+    response = post_json(client, url, {"generation_ids": ids}, alice_token)
+    assert response.status_code == 200, response.content
+    assert response.json() == {"added": 6, "item_count": 6}
+    # Those in it already, or given twice, are not added again.
+    again = post_json(client, url, {"generation_ids": [made[0].pk, made[0].pk]}, alice_token)
+    assert again.json() == {"added": 0, "item_count": 6}
+
+    seen, page_url = [], f"{url}?limit=4"
+    while page_url:
+        page = client.get(page_url, headers=bearer(alice_token)).json()
+        assert len(page["generations"]) <= 4
+        seen += [g["id"] for g in page["generations"]]
+        page_url = page["next_url"]
+        assert (page_url is None) == (page["next_cursor"] is None)
+    assert seen == sorted(ids, reverse=True)
+    first = client.get(f"{url}?limit=4", headers=bearer(alice_token)).json()
+    assert first["next_url"] == f"http://testserver{url}?limit=4&before={first['next_cursor']}"
+    assert first["generations"][0]["id"] == failed.pk and first["generations"][0]["images"] == []
+    assert first["generations"][1]["images"][0]["file_url"].startswith(f"http://testserver{API}")
+    # The gallery's filters apply.
+    failed_only = client.get(f"{url}?status=failed", headers=bearer(alice_token)).json()
+    assert [g["id"] for g in failed_only["generations"]] == [failed.pk]
+
+    removed = post_json(
+        client, f"{url}/remove", {"generation_ids": [made[0].pk, made[1].pk]}, alice_token
+    )
+    assert removed.status_code == 200, removed.content
+    assert removed.json() == {"removed": 2, "item_count": 4}
+    assert set(collection.gallery()) == {*made[2:], failed}
+    assert Generation.objects.filter(pk=made[0].pk).exists()  # still in the gallery
+    not_in_it = post_json(client, f"{url}/remove", {"generation_ids": [made[0].pk]}, alice_token)
+    assert not_in_it.json() == {"removed": 0, "item_count": 4}
+
+
+def test_it_refuses_bad_lists_of_generation_ids(client, alice, alice_token):
+    collection = Collection.objects.create(owner=alice, name="Trips")
+    url = f"{API}/collections/{collection.pk}/generations"
+    mine = done_generation(alice)
+    for path in [url, f"{url}/remove"]:
+        too_many = post_json(client, path, {"generation_ids": list(range(1, 502))}, alice_token)
+        assert set(error(too_many, 422, "invalid")["fields"]) == {"generation_ids"}
+        none = post_json(client, path, {"generation_ids": []}, alice_token)
+        assert set(error(none, 422, "invalid")["fields"]) == {"generation_ids"}
+        huge = post_json(client, path, {"generation_ids": [mine.pk, 2**64]}, alice_token)
+        bounds = f"Generation ids are whole numbers from 1 to {2**63 - 1}."
+        assert error(huge, 422, "invalid")["fields"] == {"generation_ids": f"Value error, {bounds}"}
+        missing = post_json(client, path, {}, alice_token)
+        assert set(error(missing, 422, "invalid")["fields"]) == {"generation_ids"}
+    # 500 is allowed.
+    allowed = post_json(client, url, {"generation_ids": [mine.pk] * 500}, alice_token)
+    assert allowed.json() == {"added": 1, "item_count": 1}
+
+
+def test_it_checks_ownership_of_collections(client, alice, bob, alice_token, bob_token):
+    collection = Collection.objects.create(owner=alice, name="Trips")
+    generation = done_generation(alice)
+    collection.add(Generation.objects.all())
+    url = f"{API}/collections/{collection.pk}"
+    body = {"generation_ids": [generation.pk]}
+    for response in [
+        client.get(url, headers=bearer(bob_token)),
+        patch_json(client, url, {"name": "Mine now"}, bob_token),
+        client.delete(url, headers=bearer(bob_token)),
+        client.get(f"{url}/generations", headers=bearer(bob_token)),
+        post_json(client, f"{url}/generations", body, bob_token),
+        post_json(client, f"{url}/generations/remove", body, bob_token),
+    ]:
+        message = error(response, 404, "not_found")["message"]
+        assert message == f"You have no collection {collection.pk}."
+    assert client.get(f"{API}/collections", headers=bearer(bob_token)).json() == {"collections": []}
+    collection.refresh_from_db()
+    assert collection.name == "Trips" and collection.items.count() == 1
+
+    # Another user's generation ids in one's own collection: a 404 that names them, and
+    # nothing is added or removed.
+    theirs = Collection.objects.create(owner=bob, name="Bob's")
+    bobs = done_generation(bob)
+    bobs_url = f"{API}/collections/{theirs.pk}/generations"
+    response = post_json(client, bobs_url, {"generation_ids": [bobs.pk, generation.pk]}, bob_token)
+    assert (
+        error(response, 404, "not_found")["message"] == f"You have no generation {generation.pk}."
+    )
+    response = post_json(
+        client,
+        f"{url}/generations/remove",
+        {"generation_ids": [generation.pk, bobs.pk, 2**62]},
+        alice_token,
+    )
+    assert error(response, 404, "not_found")["message"] == (
+        f"You have no generations {bobs.pk}, {2**62}."
+    )
+    assert not theirs.items.exists() and collection.items.count() == 1
+
+
+def test_it_exports_a_collection_as_a_zip(client, rf, alice, bob_token, alice_token):
+    collection = Collection.objects.create(owner=alice, name="Trips")
+    owl = done_generation(alice, "an owl", images=2)
+    done_generation(alice, "not in it")
+    collection.add(Generation.objects.filter(pk=owl.pk))
+    url = f"{API}/collections/{collection.pk}/export"
+    error(client.get(url, headers=bearer(bob_token)), 404, "not_found")
+
+    response = client.get(url, headers=bearer(alice_token))
+    assert response.status_code == 200 and response["Content-Type"] == "application/zip"
+    day = timezone.localdate().isoformat()
+    assert response["Content-Disposition"] == (
+        f'attachment; filename="banana-gallery-trips-{day}.zip"'
+    )
+    archive = zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content)))
+    about = json.loads(archive.read("manifest.json"))
+    assert about["collection"] == {"id": collection.pk, "name": "Trips"}
+    assert sorted(entry["image_id"] for entry in about["images"]) == sorted(
+        owl.images.values_list("pk", flat=True)
+    )
+    assert {entry["file"] for entry in about["images"]} | {"manifest.json"} == set(
+        archive.namelist()
+    )
+
+    empty = Collection.objects.create(owner=alice, name="Empty")
+    response = client.get(f"{API}/collections/{empty.pk}/export", headers=bearer(alice_token))
+    archive = zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content)))
+    assert archive.namelist() == ["manifest.json"]
+    assert json.loads(archive.read("manifest.json"))["count"] == 0
+
+    # One export at a time, the web's and the API's together: one on its way (straight from
+    # the view, as a WSGI server gets it) holds the next off until it ends.
+    request = rf.get(reverse("gallery:collection_export", args=[collection.pk]))
+    request.user = alice
+    first = views.collection_export(request, collection.pk)
+    next(iter(first.streaming_content))
+    running = client.get(url, headers=bearer(alice_token))
+    assert error(running, 409, "export_running")["message"].startswith("Your previous export")
+    hang_up(first)
+    assert client.get(url, headers=bearer(alice_token)).status_code == 200
+
+
+def test_it_refuses_a_revoked_token_for_collections(client, alice, alice_token):
+    collection = Collection.objects.create(owner=alice, name="Trips")
+    ApiToken.objects.with_secret(alice_token).revoke()
+    url = f"{API}/collections/{collection.pk}"
+    for response in [
+        client.get(f"{API}/collections", headers=bearer(alice_token)),
+        post_json(client, f"{API}/collections", {"name": "Birds"}, alice_token),
+        client.get(url, headers=bearer(alice_token)),
+        client.delete(url, headers=bearer(alice_token)),
+        post_json(client, f"{url}/generations", {"generation_ids": [1]}, alice_token),
+        client.get(f"{url}/export", headers=bearer(alice_token)),
+    ]:
+        error(response, 401, "token_revoked")
+    error(client.get(f"{API}/collections"), 401, "unauthorized")
+    assert list(Collection.objects.values_list("name", flat=True)) == ["Trips"]
+
+
 # The whole way, through the real pipeline
 
 
@@ -523,6 +806,15 @@ def test_it_serves_an_openapi_schema_that_validates(client):
         ("DELETE", f"{API}/generations/{{generation_id}}"),
         ("GET", f"{API}/images/{{image_id}}/file"),
         ("GET", f"{API}/images/{{image_id}}/thumbnail"),
+        ("GET", f"{API}/collections"),
+        ("POST", f"{API}/collections"),
+        ("GET", f"{API}/collections/{{collection_id}}"),
+        ("PATCH", f"{API}/collections/{{collection_id}}"),
+        ("DELETE", f"{API}/collections/{{collection_id}}"),
+        ("GET", f"{API}/collections/{{collection_id}}/generations"),
+        ("POST", f"{API}/collections/{{collection_id}}/generations"),
+        ("POST", f"{API}/collections/{{collection_id}}/generations/remove"),
+        ("GET", f"{API}/collections/{{collection_id}}/export"),
     }
     for item in schema["paths"].values():
         for operation in item.values():

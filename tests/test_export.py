@@ -1,4 +1,4 @@
-"""The zip export: the whole gallery or a selection, streamed as it is built, with a
+"""The zip export: the whole gallery, a selection or a collection, streamed as it is built, with a
 manifest.json that matches the zip's files and the database."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from PIL import Image as PILImage
 
 from accounts.models import Preferences
 from gallery import export, views
-from gallery.models import Generation, Image
+from gallery.models import Collection, Generation, Image
 from tests.factories import done_generation, make_entry, many_done_images
 
 EXPORT = reverse("gallery:export")
@@ -210,3 +210,132 @@ def test_it_needs_a_login(client, db):
     response = client.get(EXPORT)
     assert response.status_code == 302
     assert response["Location"].startswith(reverse("account_login"))
+
+
+# A collection's export, and the collections each image is in
+
+
+def test_it_exports_a_collection_with_the_collections_each_image_is_in(client, alice, bob):
+    trips = Collection.objects.create(owner=alice, name="Trips")
+    birds = Collection.objects.create(owner=alice, name="birds")
+    Collection.objects.create(owner=alice, name="Empty")
+    owl = done_generation(alice, "an owl", images=2)
+    fox = done_generation(alice, "a fox", output_format="jpg")
+    done_generation(alice, "not in it")
+    Generation.objects.create(owner=alice, prompt="still at the provider")
+    trips.add(Generation.objects.filter(owner=alice))
+    trips.remove(Generation.objects.filter(prompt="not in it"))
+    birds.add(Generation.objects.filter(pk=owl.pk))
+    # Someone else's collection of the same name holds none of hers.
+    theirs = Collection.objects.create(owner=bob, name="Trips")
+    theirs.add(Generation.objects.filter(pk=done_generation(bob, "bob's").pk))
+    client.force_login(alice)
+    page = client.get(trips.get_absolute_url()).content.decode()
+    url = reverse("gallery:collection_export", args=[trips.pk])
+    assert f'href="{url}"' in page
+
+    response = client.get(url)
+    archive, _ = streamed_to_disk(response)
+    day = timezone.localdate().isoformat()
+    assert response["Content-Disposition"] == (
+        f'attachment; filename="banana-gallery-trips-{day}.zip"'
+    )
+    about = manifest(archive)
+    assert about["collection"] == {"id": trips.pk, "name": "Trips"}
+    assert about["user"] == "alice" and about["count"] == 3
+    entries = {entry["file"]: entry for entry in about["images"]}
+    assert set(archive.namelist()) == {*entries, "manifest.json"}
+    rows = Image.objects.filter(generation__in=[owl, fox]).select_related("generation").in_bulk()
+    assert {entry["image_id"] for entry in entries.values()} == set(rows)
+    for name, entry in entries.items():
+        data = archive.read(name)
+        assert (entry["bytes"], entry["sha256"]) == (len(data), hashlib.sha256(data).hexdigest())
+        row = rows[entry["image_id"]]
+        assert name == export.file_name(row)
+        assert (entry["generation_id"], entry["prompt"]) == (
+            row.generation_id,
+            row.generation.prompt,
+        )
+        assert entry["original_sha256"] == row.sha256
+    collections = {entry["prompt"]: entry["collections"] for entry in entries.values()}
+    assert collections == {"an owl": ["birds", "Trips"], "a fox": ["Trips"]}
+
+
+def test_it_names_the_collections_in_every_export(client, alice):
+    trips = Collection.objects.create(owner=alice, name="Trips")
+    fox = done_generation(alice, "a fox")
+    done_generation(alice, "an owl")
+    trips.add(Generation.objects.filter(pk=fox.pk))
+    client.force_login(alice)
+    selection = {"action": "export", "ids": [fox.pk]}
+    # One after the other: an export holds the next one off until it is read to the end.
+    for request in [
+        lambda: client.get(EXPORT),
+        lambda: client.post(reverse("gallery:bulk"), selection),
+    ]:
+        archive, _ = streamed_to_disk(request())
+        about = manifest(archive)
+        assert "collection" not in about
+        collections = {entry["prompt"]: entry["collections"] for entry in about["images"]}
+        assert collections["a fox"] == ["Trips"]
+        assert collections.get("an owl", []) == []
+
+
+def test_it_exports_a_collection_in_queries_that_do_not_grow_per_image(client, alice):
+    trips = Collection.objects.create(owner=alice, name="Trips")
+    birds = Collection.objects.create(owner=alice, name="Birds")
+    client.force_login(alice)
+    url = reverse("gallery:collection_export", args=[trips.pk])
+
+    def queries() -> tuple[int, dict]:
+        trips.add(Generation.objects.all())
+        birds.add(Generation.objects.all())
+        with CaptureQueriesContext(connection) as captured:
+            archive, _ = streamed_to_disk(client.get(url))
+        return len(captured), manifest(archive)
+
+    many_done_images(alice, 2)
+    queries()  # the first export writes the export lease's row, the next ones update it
+    few, about = queries()
+    assert about["count"] == 2
+    many_done_images(alice, 30)
+    many, about = queries()
+    assert about["count"] == 32
+    assert all(entry["collections"] == ["Birds", "Trips"] for entry in about["images"])
+    assert many == few
+
+
+def test_it_checks_ownership_of_a_collection_export(client, alice, bob):
+    trips = Collection.objects.create(owner=alice, name="Trips")
+    trips.add(Generation.objects.filter(pk=done_generation(alice).pk))
+    client.force_login(bob)
+    response = client.get(reverse("gallery:collection_export", args=[trips.pk]))
+    assert response.status_code == 404
+    assert not response.streaming
+
+
+def test_it_says_so_when_a_collection_has_nothing_to_export(client, alice):
+    trips = Collection.objects.create(owner=alice, name="Trips")
+    trips.add(Generation.objects.filter(pk=Generation.objects.create(owner=alice, prompt="p").pk))
+    client.force_login(alice)
+    response = client.get(reverse("gallery:collection_export", args=[trips.pk]), follow=True)
+    assert response.redirect_chain == [(trips.get_absolute_url(), 302)]
+    assert "“Trips” has no finished images yet" in response.content.decode()
+
+
+def test_it_runs_a_collection_export_one_at_a_time(client, rf, alice):
+    trips = Collection.objects.create(owner=alice, name="🍌")
+    trips.add(Generation.objects.filter(pk=done_generation(alice).pk))
+    url = reverse("gallery:collection_export", args=[trips.pk])
+    request = rf.get(EXPORT)
+    request.user = alice
+    first = views.export_all(request)
+    next(iter(first.streaming_content))
+    client.force_login(alice)
+    response = client.get(url, follow=True)
+    assert response.redirect_chain == [(trips.get_absolute_url(), 302)]
+    assert "Your previous export is still being downloaded." in response.content.decode()
+    hang_up(first)
+    response = client.get(url)
+    assert f"banana-gallery-collection-{trips.pk}-" in response["Content-Disposition"]
+    streamed_to_disk(response)
