@@ -582,9 +582,8 @@ def list_collections(request: HttpRequest):
 def create_collection(request: HttpRequest, payload: CollectionIn):
     """Make a collection; 422 for a name that is empty, too long or one of yours already."""
     form = CollectionForm(payload.dict(), owner=request.user)
-    if not form.is_valid():
+    if not form.is_valid() or not (collection := form.save_unique()):
         raise _form_invalid(form)
-    collection = form.save()
     return Status(201, _collection_out(request, _get_collection_for_user(request, collection.pk)))
 
 
@@ -609,9 +608,8 @@ def update_collection(
     given = payload.dict(exclude_none=True)
     data = {"name": collection.name, "description": collection.description, **given}
     form = CollectionForm(data, instance=collection, owner=request.user)
-    if not form.is_valid():
+    if not form.is_valid() or not form.save_unique():
         raise _form_invalid(form)
-    form.save()
     return _collection_out(request, _get_collection_for_user(request, collection_id))
 
 

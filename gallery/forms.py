@@ -4,6 +4,7 @@ import uuid
 from datetime import timedelta
 
 from django import forms
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from gallery import provider
@@ -432,8 +433,22 @@ class CollectionForm(forms.ModelForm):
         name = self.cleaned_data["name"].strip()
         taken = Collection.objects.owned_by(self.instance.owner).named(name)
         if taken.exclude(pk=self.instance.pk).exists():
-            raise forms.ValidationError(f"You already have a collection named “{name}”.")
+            raise forms.ValidationError(self.taken_message(name))
         return name
+
+    @staticmethod
+    def taken_message(name: str) -> str:
+        return f"You already have a collection named “{name}”."
+
+    def save_unique(self) -> Collection | None:
+        """Save the valid form; None, with the name's error on the form, when another request
+        (a second tab, a script) took the name between the check and the write."""
+        try:
+            with transaction.atomic():
+                return self.save()
+        except IntegrityError:
+            self.add_error("name", self.taken_message(self.cleaned_data["name"]))
+            return None
 
 
 class CollectForm(forms.Form):

@@ -441,8 +441,7 @@ def _form_errors(*forms) -> list[str]:
 @require_http_methods(["GET", "POST"])
 def collection_list(request: HttpRequest) -> HttpResponse:
     form = CollectionForm(request.POST or None, owner=request.user)
-    if request.method == "POST" and form.is_valid():
-        collection = form.save()
+    if request.method == "POST" and form.is_valid() and (collection := form.save_unique()):
         messages.success(
             request,
             f"Made the collection “{collection.name}”. Select images in the gallery and choose "
@@ -490,8 +489,7 @@ def collection_export(request: HttpRequest, pk: int) -> HttpResponse:
 def collection_edit(request: HttpRequest, pk: int) -> HttpResponse:
     collection = _get_collection_for_user(request, pk)
     form = CollectionForm(request.POST or None, instance=collection, owner=request.user)
-    if request.method == "POST" and form.is_valid():
-        form.save()
+    if request.method == "POST" and form.is_valid() and form.save_unique():
         messages.success(request, "Saved the collection's name and description.")
         return redirect(collection)
     context = {"collection": collection, "form": form}

@@ -9,6 +9,7 @@ from django.db import IntegrityError, connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
+from gallery.forms import CollectionForm
 from gallery.models import Collection, CollectionItem, Generation, Image, ShareLink
 from gallery.views import PAGE_SIZE
 from tests.factories import done_generation, make_generation
@@ -95,6 +96,22 @@ def test_it_refuses_a_bad_name_and_keeps_it(client, alice, trips, name, error):
     assert error in html
     assert f'value="{name}"' in html  # nothing typed is lost
     assert Collection.objects.count() == 1
+
+
+def test_it_says_a_name_was_taken_while_the_form_was_checked(alice, trips):
+    """Two tabs (or a script and a tab) make the same name at once: both pass the form's check,
+    and the second to write gets the form's message instead of the database's error."""
+    form = CollectionForm({"name": "Birds"}, owner=alice)
+    assert form.is_valid()
+    Collection.objects.create(owner=alice, name="BIRDS")
+    assert form.save_unique() is None
+    assert form.errors["name"] == ["You already have a collection named “Birds”."]
+    Collection.objects.filter(name="BIRDS").delete()
+    renamed = CollectionForm({"name": "birds"}, instance=trips, owner=alice)
+    assert renamed.is_valid()
+    Collection.objects.create(owner=alice, name="Birds")
+    assert renamed.save_unique() is None and "name" in renamed.errors
+    assert set(Collection.objects.values_list("name", flat=True)) == {"Birds", "Trips"}
 
 
 def test_it_lists_collections_with_counts_and_covers(client, alice, trips, pictures):
