@@ -759,3 +759,26 @@ def test_it_checks_ownership_of_a_links_options(client, alice, bob, kind):
     assert edit(client, link, note="mine").status_code == 404
     link.refresh_from_db()
     assert link.note == ""
+
+
+def test_it_sends_a_links_views_and_expiry_again_after_an_htmx_edit(client, alice, image):
+    client.force_login(alice)
+    link = share(client, image, max_views="3")
+    ShareLink.objects.filter(pk=link.pk).update(view_count=2)
+    response = edit(client, link, max_views="9", expires_in_hours="24", htmx=True)
+    html = response.content.decode()
+    # The "N views of M" and the expiry beside the form were drawn before the edit: they
+    # follow, out of band, with the new values.
+    views = f'<span id="views-{link.pk}" class="link-views" hx-swap-oob="true">'
+    assert views + '2<span class="link-views-word"> views</span> of 9</span>' in html
+    expiry = f'<span id="expiry-{link.pk}" class="link-expiry" hx-swap-oob="true">'
+    assert expiry + "Expires in 23\xa0hours, 59\xa0minutes</span>" in html
+
+
+def test_it_draws_a_links_views_and_expiry_where_an_edit_finds_them(client, alice, image):
+    client.force_login(alice)
+    link = share(client, image, max_views="3")
+    for page in (image.generation.get_absolute_url(), reverse("gallery:shares")):
+        html = client.get(page).content.decode()
+        assert f'<span id="views-{link.pk}" class="link-views">0<span' in html
+        assert f'<span id="expiry-{link.pk}" class="link-expiry">Never expires</span>' in html
