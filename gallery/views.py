@@ -779,6 +779,9 @@ def share_page(request: HttpRequest, token: str) -> HttpResponse:
         "image_url": image_url,
         "download_url": reverse("share_image", args=[token]) + "?download=1",
         "page_url": absolute_url(request, request.path),
+        "og_image": link.image,
+        "og_image_url": image_url,
+        "og_image_alt": link.image_alt,
     }
     return _public_headers(render(request, "gallery/share.html", context))
 
@@ -808,10 +811,13 @@ def _album_page(request: HttpRequest, link: ShareLink) -> HttpResponse:
         {
             "count": link.album_images().count(),
             "page_url": absolute_url(request, request.path),
-            "cover": cover,
-            "cover_url": absolute_url(request, reverse("album_image", args=[link.token, cover.pk]))
+            "og_image": cover,
+            "og_image_url": absolute_url(
+                request, reverse("album_image", args=[link.token, cover.pk])
+            )
             if cover
             else "",
+            "og_image_alt": link.alt_for(cover) if cover else "",
         }
     )
     return _public_headers(render(request, "gallery/album.html", context))

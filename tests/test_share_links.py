@@ -627,9 +627,13 @@ def test_it_offers_the_original_for_download_by_default(client, alice, kind):
     assert response.status_code == 200
     assert response["Content-Type"] == "image/png"
     assert response["Content-Disposition"].startswith("attachment")
-    if kind == "image":
-        html = client.get(link.get_absolute_url()).content.decode()
-        assert f'href="{file_url}?download=1"' in html
+    # The page offers it: the image's page one button, an album each image (its tile, and the
+    # viewer through data-download).
+    html = client.get(link.get_absolute_url()).content.decode()
+    assert f'href="{file_url}?download=1"' in html
+    if kind == "album":
+        assert f'data-download="{file_url}?download=1"' in html
+        assert 'aria-label="Download original"' in html
 
 
 def test_it_ends_a_link_after_its_maximum_views(client, alice, kind):

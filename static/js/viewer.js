@@ -93,6 +93,25 @@ export function startViewer() {
     // Keys typed in the collections panel's name field are the field's, not the viewer's.
     pswp.on("keydown", (event) => { if (typing(event.originalEvent)) event.preventDefault(); });
     if (owner) registerOwnerControls(pswp);
+    // The original file: the owner's always; an album's when its link allows downloads (its
+    // tiles then carry data-download).
+    pswp.ui.registerElement({
+      name: "download",
+      order: 9,
+      isButton: true,
+      tagName: "a",
+      title: owner ? "Download (d)" : "Download original (d)",
+      html: "⇩",
+      className: "pswp__button--bg-text pswp__button--download",
+      onInit: (element) => {
+        element.setAttribute("aria-label", owner ? "Download (d)" : "Download original (d)");
+        pswp.on("change", () => {
+          const href = linkFor(pswp)?.dataset.download;
+          element.hidden = !href;
+          element.href = href ?? "#";
+        });
+      },
+    });
     pswp.ui.registerElement({
       name: "info-button",
       order: 10,
@@ -156,19 +175,6 @@ export function startViewer() {
         pswp.on("favoriteChanged", show);
       },
       onClick: () => toggleFavorite(pswp),
-    });
-    pswp.ui.registerElement({
-      name: "download",
-      order: 9,
-      isButton: true,
-      tagName: "a",
-      title: "Download (d)",
-      html: "⇩",
-      className: "pswp__button--bg-text pswp__button--download",
-      onInit: (element) => {
-        element.setAttribute("aria-label", "Download (d)");
-        pswp.on("change", () => { element.href = linkFor(pswp)?.dataset.download ?? "#"; });
-      },
     });
     pswp.ui.registerElement({
       name: "collections-button",
@@ -248,7 +254,7 @@ export function startViewer() {
     if (!pswp || event.ctrlKey || event.metaKey || event.altKey || typing(event)) return;
     if (event.key === "f" && owner) {
       toggleFavorite(pswp);
-    } else if (event.key === "d" && owner) {
+    } else if (event.key === "d") {
       const href = linkFor(pswp)?.dataset.download;
       if (href) location.assign(href);
     } else if (event.key === "c" && owner) {
