@@ -36,11 +36,38 @@ function typing(event) {
 }
 
 // The collections panel: the generation's collections (gallery/collections_for.html#picker),
-// fetched for the image in view; its forms swap themselves with htmx.
+// fetched for the image in view; its forms swap themselves with htmx. Over a collection's page
+// it says which collection that is, so that taking the image out of it takes its tile away.
 function showCollections(pswp, panel) {
   const url = linkFor(pswp)?.dataset.collections;
   if (!url || !window.htmx) return;
-  window.htmx.ajax("GET", url, { target: panel, swap: "innerHTML" });
+  const collection = document.querySelector("#cards")?.dataset.collection;
+  const query = collection ? `?${new URLSearchParams({ in_collection: collection })}` : "";
+  window.htmx.ajax("GET", url + query, { target: panel, swap: "innerHTML" });
+}
+
+// The image in view left the grid (taken out of the collection whose page this is): the viewer
+// moves on to the image that took its place, or the one before it at the end, and closes when
+// none is left. PhotoSwipe counts the grid's links again, and its slides from here on (and the
+// ones it preloaded) are drawn afresh.
+function dropRemoved(pswp) {
+  const link = linkFor(pswp);
+  if (!link || link.isConnected || pswp.isDestroying || !pswp.options.dataSource) return;
+  delete pswp.options.dataSource.items;
+  const count = pswp.getNumItems();
+  if (!count) {
+    pswp.close();
+    return;
+  }
+  const from = pswp.currIndex;
+  for (let index = from - 1; index <= from + 3; index++) pswp.contentLoader.removeByIndex(index);
+  if (from >= count) {
+    pswp.goTo(count - 1);
+    pswp.refreshSlideContent(count);
+  } else {
+    pswp.refreshSlideContent(from + 1);
+    pswp.refreshSlideContent(from);
+  }
 }
 
 function toggleCollections(pswp) {
@@ -88,6 +115,9 @@ export function startViewer() {
   });
 
   lightbox.on("afterInit", () => lightbox.pswp.element?.setAttribute("aria-label", "Image viewer"));
+  document.addEventListener("htmx:afterSettle", () => {
+    if (lightbox.pswp) dropRemoved(lightbox.pswp);
+  });
   lightbox.on("uiRegister", () => {
     const pswp = lightbox.pswp;
     // Keys typed in the collections panel's name field are the field's, not the viewer's.
