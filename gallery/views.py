@@ -542,8 +542,10 @@ def collection_add(request: HttpRequest) -> HttpResponse:
     context = {
         "status": text,
         "picked": collection,
-        # The picker's list gains a collection made here, and its name field empties.
+        # The picker's list gains a collection made here, and its name field empties; on a
+        # collection's page it still leaves that collection out.
         "collect_form": CollectForm(owner=request.user),
+        "in_collection": parse_id(request.POST.get("in_collection", "")),
     }
     return render(request, "gallery/index.html#collected", context)
 
@@ -579,9 +581,15 @@ def collection_remove(request: HttpRequest, pk: int) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def generation_collections(request: HttpRequest, pk: int) -> HttpResponse:
     """The collections one generation is in, to add it to one (or a new one) or take it out:
-    a page of its own without JavaScript, a panel in the viewer and on the detail page."""
+    a page of its own without JavaScript, a panel in the viewer and on the detail page.
+    `in_collection`: the collection whose page the viewer is over, if any; taken out of it, the
+    generation's tile leaves that page's grid (out of band) and its counters follow."""
     generation = _get_generation_for_user(request, pk)
+    in_collection = parse_id(
+        request.POST.get("in_collection") or request.GET.get("in_collection", "")
+    )
     status = error = ""
+    left = None
     if request.method == "POST":
         form = CollectForm(request.POST, owner=request.user)
         if errors := _form_errors(form):
@@ -592,6 +600,7 @@ def generation_collections(request: HttpRequest, pk: int) -> HttpResponse:
             if request.POST.get("remove"):
                 collection.remove(one)
                 status = f"Taken out of “{collection.name}”."
+                left = collection if collection.pk == in_collection else None
             else:
                 collection.add(one)
                 status = f"In “{collection.name}”."
@@ -606,6 +615,9 @@ def generation_collections(request: HttpRequest, pk: int) -> HttpResponse:
         "generation": generation,
         "picker_status": status,
         "picker_error": error,
+        "in_collection": in_collection,
+        "left": left,
+        "counts": left.gallery().counts() if left else None,
     }
     if request.htmx:
         return render(request, "gallery/collections_for.html#picker", context)
@@ -793,6 +805,9 @@ def share_page(request: HttpRequest, token: str) -> HttpResponse:
         "image_url": image_url,
         "download_url": reverse("share_image", args=[token]) + "?download=1",
         "page_url": absolute_url(request, request.path),
+        "og_image": link.image,
+        "og_image_url": image_url,
+        "og_image_alt": link.image_alt,
     }
     return _public_headers(render(request, "gallery/share.html", context))
 
@@ -822,10 +837,13 @@ def _album_page(request: HttpRequest, link: ShareLink) -> HttpResponse:
         {
             "count": link.album_images().count(),
             "page_url": absolute_url(request, request.path),
-            "cover": cover,
-            "cover_url": absolute_url(request, reverse("album_image", args=[link.token, cover.pk]))
+            "og_image": cover,
+            "og_image_url": absolute_url(
+                request, reverse("album_image", args=[link.token, cover.pk])
+            )
             if cover
             else "",
+            "og_image_alt": link.alt_for(cover) if cover else "",
         }
     )
     return _public_headers(render(request, "gallery/album.html", context))

@@ -356,6 +356,51 @@ def test_it_adds_and_removes_one_image_in_the_viewers_panel(client, alice, trips
     assert "Choose a collection, or name a new one." in html
 
 
+def test_it_takes_the_tile_off_the_collections_page_when_the_viewer_takes_it_out(
+    client, alice, trips, pictures
+):
+    trips.add(Generation.objects.all())
+    birds = Collection.objects.create(owner=alice, name="Birds")
+    birds.add(Generation.objects.filter(pk=pictures[0].pk))
+    client.force_login(alice)
+    url = reverse("gallery:generation_collections", args=[pictures[0].pk])
+    # The viewer over Trips' page says so; the panel's forms carry it on.
+    html = client.get(url, {"in_collection": trips.pk}, headers=HTMX).content.decode()
+    assert html.count(f'<input type="hidden" name="in_collection" value="{trips.pk}">') == 2
+    card = f'<div id="card-{pictures[0].pk}" hx-swap-oob="delete"></div>'
+    # Out of another collection: the tile stays on Trips' page.
+    data = {"collection": birds.pk, "remove": "1", "in_collection": trips.pk}
+    html = client.post(url, data, headers=HTMX).content.decode()
+    assert "Taken out of “Birds”." in html and card not in html and 'id="counts"' not in html
+    # Out of Trips: its tile leaves the grid and the counters follow, out of band.
+    data["collection"] = trips.pk
+    html = client.post(url, data, headers=HTMX).content.decode()
+    assert "Taken out of “Trips”." in html and card in html
+    assert '<p class="counts" id="counts"' in html and "<strong>2</strong> in all" in html
+    assert list(trips.gallery()) == [pictures[2], pictures[1]]
+
+
+def test_it_offers_no_adding_to_the_collection_whose_page_it_is(client, alice, trips, pictures):
+    birds = Collection.objects.create(owner=alice, name="Birds")
+    trips.add(Generation.objects.all())
+    client.force_login(alice)
+    html = client.get(trips.get_absolute_url()).content.decode()
+    start = html.index('<form id="bulk-form"')
+    bar = html[start : html.index("</form>", start)]
+    assert f'<option value="{birds.pk}">Birds</option>' in bar
+    assert f'<option value="{trips.pk}"' not in bar
+    remove = reverse("gallery:collection_remove", args=[trips.pk])
+    assert f'hx-post="{remove}"' in bar and "Remove from this collection</button>" in bar
+    # Its picker sent again after an add leaves it out too; the gallery's offers them all.
+    data = {"collection": birds.pk, "in_collection": trips.pk}
+    html = add(client, [pictures[0].pk], headers=HTMX, **data).content.decode()
+    assert f'<option value="{birds.pk}" selected>Birds</option>' in html
+    assert f'<option value="{trips.pk}"' not in html
+    html = client.get(reverse("gallery:index")).content.decode()
+    assert f'<option value="{trips.pk}">Trips</option>' in html
+    assert "Remove from this collection" not in html
+
+
 # Only the owner
 
 

@@ -113,9 +113,28 @@ def sign_up(page, stack: Stack, username: str) -> None:
     page.wait_for_url(stack.url + "/")
 
 
+DESKTOP = {"width": 1440, "height": 900}
+PHONE = {"width": 375, "height": 812}
+
+
+def open_page(browser, state=None, **options):
+    """A fresh browser context (signed in if `state` is a storage state; `options` as
+    browser.new_context takes them) and a page in it."""
+    context = browser.new_context(storage_state=state, **options)
+    return context, context.new_page()
+
+
+def log_in(page, stack: Stack, username: str) -> None:
+    """Sign in as `username` through the login form (the seeded users' password)."""
+    page.goto(stack.url + "/accounts/login/")
+    page.fill("#id_login", username)
+    page.fill("#id_password", "a-long-pass-phrase")
+    page.click("button[type=submit]")
+    page.wait_for_url(stack.url + "/")
+
+
 def test_it_signs_up_generates_and_shows_the_image_without_a_reload(stack, browser):
-    context = browser.new_context()
-    page = context.new_page()
+    context, page = open_page(browser)
     console_errors: list[str] = []
     page.on("console", lambda m: m.type == "error" and console_errors.append(m.text))
     sign_up(page, stack, "erin")
@@ -163,8 +182,7 @@ def test_it_signs_up_generates_and_shows_the_image_without_a_reload(stack, brows
 
 
 def test_it_shows_the_reason_for_a_failure_and_retries(stack, browser):
-    context = browser.new_context()
-    page = context.new_page()
+    context, page = open_page(browser)
     sign_up(page, stack, "fred")
     page.fill("#id_prompt", "something the service refuses [sim:fail]")
     page.click("button.button--generate")
@@ -181,8 +199,7 @@ def test_it_shows_the_reason_for_a_failure_and_retries(stack, browser):
 
 
 def test_it_shares_an_image_and_revokes_the_link(stack, browser):
-    owner = browser.new_context()
-    page = owner.new_page()
+    owner, page = open_page(browser)
     sign_up(page, stack, "gina")
     page.fill("#id_prompt", "a paper boat on a rainy street")
     page.click("button.button--generate")
@@ -196,8 +213,7 @@ def test_it_shares_an_image_and_revokes_the_link(stack, browser):
     assert link_url.startswith(stack.url + "/s/")
     assert "Expires in" in page.locator(".link-facts").first.inner_text()
 
-    visitor = browser.new_context()  # logged out, no cookies
-    public = visitor.new_page()
+    visitor, public = open_page(browser)  # logged out, no cookies
     response = public.goto(link_url)
     assert response.status == 200
     assert response.headers["referrer-policy"] == "no-referrer"
@@ -218,8 +234,7 @@ def test_it_shares_an_image_and_revokes_the_link(stack, browser):
     page.get_by_role("button", name="Revoke").click()
     assert "Revoked" in page.locator("table.table").inner_text()
 
-    fresh = browser.new_context()
-    stranger = fresh.new_page()
+    fresh, stranger = open_page(browser)
     assert stranger.goto(link_url).status == 404
     assert "This link was revoked or has expired" in stranger.locator("main").inner_text()
     assert fresh.request.get(og_image).status == 404
@@ -233,8 +248,7 @@ def test_it_refuses_a_post_over_the_budget_and_sends_nothing(stack, browser):
 
     import requests
 
-    context = browser.new_context()
-    page = context.new_page()
+    context, page = open_page(browser)
     sign_up(page, stack, "olive")
     stack.shell(
         "from django.contrib.auth.models import User; from ledger.models import UserLimits; "
@@ -323,13 +337,8 @@ def gallery(stack, browser):
     import json
 
     seeded = json.loads(stack.shell(SEED).strip().splitlines()[-1])
-    context = browser.new_context()
-    page = context.new_page()
-    page.goto(stack.url + "/accounts/login/")
-    page.fill("#id_login", "uma")
-    page.fill("#id_password", "a-long-pass-phrase")
-    page.click("button[type=submit]")
-    page.wait_for_url(stack.url + "/")
+    context, page = open_page(browser)
+    log_in(page, stack, "uma")
     state = context.storage_state()
     context.close()
     return {**seeded, "state": state}
@@ -368,13 +377,15 @@ def check_page(page) -> None:
     assert not distorted, f"{page.url}: {distorted}"
 
 
+def sized(viewport: tuple[int, int]) -> dict[str, int]:
+    return dict(zip(("width", "height"), viewport, strict=True))
+
+
 def axe_violations(browser, url: str, state, viewport, scheme, before=None) -> list[str]:
     """Critical and serious axe-core findings, in a context of its own that lets axe in."""
-    context = browser.new_context(
-        storage_state=state, viewport=dict(zip(("width", "height"), viewport, strict=True)),
-        color_scheme=scheme, bypass_csp=True,
-    )  # fmt: skip
-    page = context.new_page()
+    context, page = open_page(
+        browser, state, viewport=sized(viewport), color_scheme=scheme, bypass_csp=True
+    )
     page.goto(url)
     page.wait_for_load_state("networkidle")
     if before:
@@ -399,12 +410,9 @@ def open_viewer(page) -> None:
 
 def draw_pages(stack, browser, gallery, viewport, scheme, pages: dict[str, str]) -> None:
     """Each page whole (check_page), screenshotted, axe-clean and without a CSP violation."""
-    context = browser.new_context(
-        storage_state=gallery["state"],
-        viewport=dict(zip(("width", "height"), viewport, strict=True)),
-        color_scheme=scheme,
+    context, page = open_page(
+        browser, gallery["state"], viewport=sized(viewport), color_scheme=scheme
     )
-    page = context.new_page()
     violations = watch_csp(page)
     problems = []
     for name, path in pages.items():
@@ -455,10 +463,7 @@ def test_it_draws_the_collection_pages_whole_and_accessible(
 @pytest.mark.parametrize("scheme", SCHEMES)
 @pytest.mark.parametrize("viewport", VIEWPORTS, ids=["desktop", "phone"])
 def test_it_draws_the_login_and_signup_pages_whole_and_accessible(stack, browser, viewport, scheme):
-    context = browser.new_context(
-        viewport=dict(zip(("width", "height"), viewport, strict=True)), color_scheme=scheme
-    )
-    page = context.new_page()
+    context, page = open_page(browser, viewport=sized(viewport), color_scheme=scheme)
     violations = watch_csp(page)
     problems = []
     for name, path in {"login": "/accounts/login/", "signup": "/accounts/signup/"}.items():
@@ -475,10 +480,7 @@ def test_it_draws_the_login_and_signup_pages_whole_and_accessible(stack, browser
 def test_it_makes_an_api_token_that_a_script_uses_until_it_is_revoked(stack, browser, gallery):
     import requests
 
-    context = browser.new_context(
-        storage_state=gallery["state"], viewport={"width": 1440, "height": 900}
-    )
-    page = context.new_page()
+    context, page = open_page(browser, gallery["state"], viewport=DESKTOP)
     violations = watch_csp(page)
     page.goto(stack.url + "/accounts/")
     page.click("text=Manage API tokens")
@@ -513,10 +515,7 @@ def at(page, url: str) -> None:
 
 
 def test_it_walks_the_viewer_with_the_keyboard(stack, browser, gallery):
-    context = browser.new_context(
-        storage_state=gallery["state"], viewport={"width": 1440, "height": 900}
-    )
-    page = context.new_page()
+    context, page = open_page(browser, gallery["state"], viewport=DESKTOP)
     violations = watch_csp(page)
     page.goto(stack.url + "/")
     page.wait_for_load_state("networkidle")
@@ -553,8 +552,7 @@ def test_it_walks_the_viewer_with_the_keyboard(stack, browser, gallery):
 
 
 def test_it_shows_a_pause_and_its_end_without_a_reload(stack, browser):
-    context = browser.new_context(viewport={"width": 1440, "height": 900})
-    page = context.new_page()
+    context, page = open_page(browser, viewport=DESKTOP)
     sign_up(page, stack, "paula")
     page.evaluate("window.__sameDocument = true")
     page.fill("#id_prompt", "out of credits for a moment [sim:402=3]")
@@ -572,10 +570,7 @@ def test_it_shows_a_pause_and_its_end_without_a_reload(stack, browser):
 
 
 def test_it_shows_a_posts_variations_as_one_group(stack, browser, gallery):
-    context = browser.new_context(
-        storage_state=gallery["state"], viewport={"width": 1440, "height": 900}
-    )
-    page = context.new_page()
+    context, page = open_page(browser, gallery["state"], viewport=DESKTOP)
     violations = watch_csp(page)
     page.goto(stack.url + "/")
     page.wait_for_load_state("networkidle")
@@ -627,8 +622,7 @@ def test_it_shows_a_posts_variations_as_one_group(stack, browser, gallery):
 
 
 def test_it_switches_the_theme_and_remembers_it(stack, browser, gallery):
-    context = browser.new_context(storage_state=gallery["state"], color_scheme="dark")
-    page = context.new_page()
+    context, page = open_page(browser, gallery["state"], color_scheme="dark")
     background = "() => getComputedStyle(document.body).backgroundColor"
     page.goto(stack.url + "/")
     assert page.evaluate(background) == "rgb(17, 17, 16)"  # the system's dark
@@ -643,10 +637,7 @@ def test_it_switches_the_theme_and_remembers_it(stack, browser, gallery):
 
 
 def test_it_shows_the_usage_chart_and_the_dashboard_to_staff_only(stack, browser, gallery):
-    context = browser.new_context(
-        storage_state=gallery["state"], viewport={"width": 1440, "height": 900}
-    )
-    page = context.new_page()
+    context, page = open_page(browser, gallery["state"], viewport=DESKTOP)
     violations = watch_csp(page)
     page.goto(stack.url + "/")
     page.get_by_role("link", name="Usage", exact=True).click()
@@ -666,14 +657,9 @@ def test_it_shows_the_usage_chart_and_the_dashboard_to_staff_only(stack, browser
         == 404
     )
 
-    staff = browser.new_context(viewport={"width": 375, "height": 812})
-    page = staff.new_page()
+    staff, page = open_page(browser, viewport=PHONE)
     staff_violations = watch_csp(page)
-    page.goto(stack.url + "/accounts/login/")
-    page.fill("#id_login", "stella")
-    page.fill("#id_password", "a-long-pass-phrase")
-    page.click("button[type=submit]")
-    page.wait_for_url(stack.url + "/")
+    log_in(page, stack, "stella")
     assert page.goto(stack.url + "/staff/usage/").status == 200
     main = page.locator("main").inner_text()
     assert "Site usage" in main and "uma" in main and "of 5 active tasks allowed" in main
@@ -702,10 +688,7 @@ def test_it_downloads_with_provenance_and_exports_a_selection(stack, browser, ga
 
     from PIL import Image as PILImage
 
-    context = browser.new_context(
-        storage_state=gallery["state"], viewport={"width": 1440, "height": 900}
-    )
-    page = context.new_page()
+    context, page = open_page(browser, gallery["state"], viewport=DESKTOP)
     violations = watch_csp(page)
 
     def downloaded(click) -> bytes:
@@ -735,6 +718,7 @@ def test_it_downloads_with_provenance_and_exports_a_selection(stack, browser, ga
     page.locator(".tile--done .tile-select input").nth(0).check()
     page.locator(".tile--done .tile-select input").nth(1).check()
     assert page.locator("#bulk-count").inner_text() == "2 selected"
+    page.locator("#bulk-form .bulk-menu > summary").click()  # the rarer actions' menu
     data = downloaded(lambda: page.get_by_role("button", name="Download zip").click())
     archive = zipfile.ZipFile(io.BytesIO(data))
     about = json.loads(archive.read("manifest.json"))
@@ -779,8 +763,7 @@ def generations_of(stack: Stack, username: str) -> int:
 def test_it_makes_one_post_of_a_double_click_and_says_when_an_image_was_made_already(
     stack, browser
 ):
-    context = browser.new_context(viewport={"width": 1440, "height": 900})
-    page = context.new_page()
+    context, page = open_page(browser, viewport=DESKTOP)
     violations = watch_csp(page)
     sign_up(page, stack, "hana")
     wait_until_idle(stack)
@@ -850,14 +833,9 @@ for i, ratio in enumerate(["3:2", "1:1", "2:3", "16:9"]):
 
 def test_it_collects_images_and_shares_them_as_an_album(stack, browser):
     stack.shell(COLLECTOR)
-    owner = browser.new_context(viewport={"width": 1440, "height": 900})
-    page = owner.new_page()
+    owner, page = open_page(browser, viewport=DESKTOP)
     violations = watch_csp(page)
-    page.goto(stack.url + "/accounts/login/")
-    page.fill("#id_login", "vera")
-    page.fill("#id_password", "a-long-pass-phrase")
-    page.click("button[type=submit]")
-    page.wait_for_url(stack.url + "/")
+    log_in(page, stack, "vera")
     page.wait_for_load_state("networkidle")
     page.evaluate("window.__sameDocument = true")
     tiles = page.locator(".tile--done")
@@ -906,8 +884,7 @@ def test_it_collects_images_and_shares_them_as_an_album(stack, browser):
     album_url = page.locator("input.link-url").first.input_value()
     assert album_url.startswith(stack.url + "/s/")
 
-    visitor = browser.new_context(viewport={"width": 375, "height": 812})  # logged out
-    public = visitor.new_page()
+    visitor, public = open_page(browser, viewport=PHONE)  # logged out
     public_violations = watch_csp(public)
     response = public.goto(album_url)
     assert response.status == 200
@@ -918,6 +895,8 @@ def test_it_collects_images_and_shares_them_as_an_album(stack, browser):
     shown = [public.locator(".tile img").nth(i).get_attribute("alt") for i in range(3)]
     assert sorted(shown) == sorted(prompts[:3])
     assert public.locator("form, .tile-select, .favorite").count() == 0  # nothing of the owner's
+    # The link allows downloads (the default): each image offers its original, on its tile.
+    assert public.get_by_role("link", name="Download original").count() == 3
     public.locator("a.tile-link").first.click(position={"x": 8, "y": 8})
     public.locator(".pswp--open").wait_for()
     public.wait_for_function(
@@ -926,12 +905,21 @@ def test_it_collects_images_and_shares_them_as_an_album(stack, browser):
     assert public.locator(".pswp__button--favorite, .pswp__button--collections").count() == 0
     assert public.url == album_url  # no owner's page in the address bar
     public.screenshot(path=str(stack.artifacts / "album-viewer-375.png"))
+    # And in the viewer: the original file, as an attachment.
+    download = public.locator(".pswp__button--download")
+    assert download.is_visible() and download.get_attribute("aria-label") == "Download original (d)"
+    original = public.evaluate("() => document.querySelector('.pswp__button--download').href")
+    assert original.startswith(album_url + "images/") and original.endswith("?download=1")
+    served = visitor.request.get(original)
+    assert served.headers["content-type"] == "image/png"
+    assert served.headers["content-disposition"].startswith("attachment")
     public.keyboard.press("Escape")
 
     # Taken out of the collection, an image leaves the album at once.
     page.get_by_role("button", name="Select", exact=True).click()
     page.locator(".tile--done").first.click()
-    page.get_by_role("button", name="Remove from collection").click()
+    page.locator("#bulk-form .bulk-menu > summary").click()
+    page.get_by_role("button", name="Remove from this collection").click()
     status.filter(has_text="Took 1 image out of “Holiday”").wait_for()
     assert page.locator(".tile--done").count() == 2
     assert "2 in all" in page.locator("#counts").inner_text()
@@ -940,6 +928,113 @@ def test_it_collects_images_and_shares_them_as_an_album(stack, browser):
     assert not violations + public_violations, violations + public_violations
     owner.close()
     visitor.close()
+
+
+MARKET = """
+from django.contrib.auth.models import User
+from gallery.models import Collection, Generation
+from tests.factories import image_size, make_generation, make_image
+user = User.objects.create_user("xena", password="a-long-pass-phrase")
+for i, ratio in enumerate(["3:2", "1:1", "2:3"]):
+    generation = make_generation(user, prompt=f"a market stall {i}", aspect_ratio=ratio)
+    make_image(generation, *image_size(ratio))
+market = Collection.objects.create(owner=user, name="Market")
+market.add(Generation.objects.filter(owner=user))
+Collection.objects.create(owner=user, name="Elsewhere")
+print(market.pk)
+"""
+
+# How many rows the select bar's controls take: their vertical middles, within 12 px.
+BAR_ROWS = """() => {
+  const controls = document.querySelectorAll(
+    '#bulk-form :is(#bulk-count, button, summary, select, input:not([type=hidden]))');
+  const middles = [...controls].filter(e => e.checkVisibility())
+    .map(e => { const r = e.getBoundingClientRect(); return r.top + r.height / 2; })
+    .sort((a, b) => a - b);
+  return middles.filter((m, i) => i === 0 || m - middles[i - 1] > 12).length;
+}"""
+
+
+def test_it_takes_an_image_out_of_a_collection_in_the_viewer_and_off_its_page(stack, browser):
+    collection = stack.url + f"/collections/{stack.shell(MARKET).strip().splitlines()[-1]}/"
+    context, page = open_page(browser, viewport=DESKTOP)
+    violations = watch_csp(page)
+    log_in(page, stack, "xena")
+    page.goto(collection)
+    page.wait_for_load_state("networkidle")
+    page.evaluate("window.__sameDocument = true")
+    links = page.locator(".tile--done a.tile-link")
+    first, second, third = (links.nth(i).get_attribute("href") for i in range(3))
+    assert "3 in all" in page.locator("#counts").inner_text()
+
+    # The select bar offers no adding to the collection it is on, but taking out of it; one
+    # row on a wide screen, two on a phone, in either theme.
+    page.get_by_role("button", name="Select", exact=True).click()
+    page.locator(".tile--done").first.click()
+    options = page.locator("#collect-collection option").all_inner_texts()
+    assert options == ["Choose a collection", "Elsewhere"]
+    remove = page.get_by_role("button", name="Remove from this collection")
+    for scheme in SCHEMES:
+        page.emulate_media(color_scheme=scheme)
+        for viewport, rows in ((DESKTOP, 1), (PHONE, 2)):
+            page.set_viewport_size(viewport)
+            page.wait_for_function(f"() => ({BAR_ROWS})() === {rows}")
+            check_page(page)
+            width = viewport["width"]
+            page.screenshot(path=str(stack.artifacts / f"select-bar-{width}-{scheme}.png"))
+            page.locator("#bulk-form .bulk-menu > summary").click()
+            remove.wait_for()
+            page.screenshot(path=str(stack.artifacts / f"select-bar-more-{width}-{scheme}.png"))
+            page.keyboard.press("Escape")  # closes the menu, and only the menu
+            remove.wait_for(state="hidden")
+            assert page.locator(".gallery.selecting").count() == 1
+        # On a phone the collections fold under "Add to…".
+        assert page.locator("#collect-collection").is_hidden()
+        page.get_by_text("Add to…").click()
+        page.locator("#collect-collection").wait_for()
+        page.screenshot(path=str(stack.artifacts / f"select-bar-add-{width}-{scheme}.png"))
+        page.locator("#counts").click()  # a click elsewhere closes it
+        page.locator("#collect-collection").wait_for(state="hidden")
+    page.set_viewport_size(DESKTOP)
+    page.keyboard.press("Escape")
+    page.wait_for_function("() => !document.querySelector('.gallery.selecting')")
+
+    # In the viewer's panel, out of this collection: its tile leaves the grid at once, the
+    # counters follow, and the viewer moves on to the next image.
+    def take_out(href: str) -> None:
+        panel = page.locator(".pswp__collections")
+        picker = panel.locator(f"#picker-{href.strip('/').split('/')[-1]}")
+        choice = picker.get_by_role("button", name="Market")
+        choice.wait_for()
+        assert choice.get_attribute("aria-pressed") == "true"
+        choice.click()
+
+    open_viewer(page)
+    at(page, stack.url + first)
+    page.keyboard.press("c")
+    take_out(first)
+    page.wait_for_function("() => document.querySelectorAll('.tile--done').length === 2")
+    assert "2 in all" in page.locator("#counts").inner_text()
+    at(page, stack.url + second)
+    assert page.locator(".pswp__counter").inner_text() == "1 / 2"
+    # The last one: the viewer goes back to the one before it.
+    page.keyboard.press("ArrowRight")
+    at(page, stack.url + third)
+    take_out(third)
+    page.wait_for_function("() => document.querySelectorAll('.tile--done').length === 1")
+    at(page, stack.url + second)
+    assert page.locator(".pswp__counter").inner_text() == "1 / 1"
+    # None left: it closes.
+    take_out(second)
+    page.locator(".pswp--open").wait_for(state="detached")
+    at(page, collection)
+    assert page.locator(".tile").count() == 0
+    assert "0 in all" in page.locator("#counts").inner_text()
+    assert page.evaluate("window.__sameDocument") is True
+    page.reload()
+    assert page.get_by_text("This collection is empty").is_visible()
+    assert not violations, violations
+    context.close()
 
 
 # Notifications recorded as they are made, and a tab that the test can hide.
@@ -964,7 +1059,7 @@ Object.defineProperty(Document.prototype, "hidden", { get: () => window.__hidden
 
 
 def test_it_counts_what_is_on_its_way_in_the_title_and_notifies_when_it_is_done(stack, browser):
-    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    context = browser.new_context(viewport=DESKTOP)
     context.add_init_script(NOTIFICATIONS)
     context.grant_permissions(["notifications"], origin=stack.url)
     page = context.new_page()
@@ -1024,20 +1119,20 @@ from tests.factories import image_size, make_generation, make_image
 user = User.objects.create_user("wren", password="a-long-pass-phrase")
 generation = make_generation(user, prompt="a kite over the dunes", aspect_ratio="3:2")
 make_image(generation, *image_size("3:2"))
-print(generation.pk)
+from gallery.models import Collection, Generation, ShareLink
+kites = Collection.objects.create(owner=user, name="Kites")
+kites.add(Generation.objects.filter(pk=generation.pk))
+album = ShareLink.objects.create(collection=kites, allow_download=False)
+print(generation.pk, album.token)
 """
 
 
 def test_it_shares_with_a_password_a_maximum_of_views_and_no_download(stack, browser):
-    detail = stack.url + f"/generations/{stack.shell(SHARER).strip().splitlines()[-1]}/"
-    owner = browser.new_context(viewport={"width": 1440, "height": 900})
-    page = owner.new_page()
+    pk, album = stack.shell(SHARER).strip().splitlines()[-1].split()
+    detail = stack.url + f"/generations/{pk}/"
+    owner, page = open_page(browser, viewport=DESKTOP)
     violations = watch_csp(page)
-    page.goto(stack.url + "/accounts/login/")
-    page.fill("#id_login", "wren")
-    page.fill("#id_password", "a-long-pass-phrase")
-    page.click("button[type=submit]")
-    page.wait_for_url(stack.url + "/")
+    log_in(page, stack, "wren")
 
     def create_link(**options: str) -> str:
         page.goto(detail)
@@ -1054,8 +1149,7 @@ def test_it_shares_with_a_password_a_maximum_of_views_and_no_download(stack, bro
     # A password: asked for, a wrong one refused, the right one opens the image.
     locked_url = create_link(password="kite-season", note="for the club")
     assert "for the club" in page.locator("#share .link-facts").first.inner_text()
-    visitor = browser.new_context()
-    public = visitor.new_page()
+    visitor, public = open_page(browser)
     public_violations = watch_csp(public)
     assert public.goto(locked_url).status == 200
     assert public.locator("h1").inner_text() == "This image is protected by a password"
@@ -1074,8 +1168,7 @@ def test_it_shares_with_a_password_a_maximum_of_views_and_no_download(stack, bro
     # Two views at most, and no download: the third view is the "revoked or expired" page.
     limited_url = create_link(max_views="2", preview_only="on")
     assert "0 views of 2" in page.locator("#share .link-facts").first.inner_text()
-    viewer = browser.new_context()
-    seen = viewer.new_page()
+    viewer, seen = open_page(browser)
     seen_violations = watch_csp(seen)
     for _ in range(2):
         assert seen.goto(limited_url).status == 200
@@ -1091,19 +1184,39 @@ def test_it_shares_with_a_password_a_maximum_of_views_and_no_download(stack, bro
     page.goto(stack.url + "/shares/")
     assert "2 of 2" in page.locator("table.table").inner_text()
 
-    # The owner edits the first link's options without a reload: the password goes.
+    # The owner edits the first link's options without a reload: the password goes, and the
+    # link's views show the new maximum at once.
     page.goto(detail)
     page.evaluate("window.__sameDocument = true")
+    facts = page.locator("#share .link-facts").last
+    assert " of 7 " not in facts.inner_text()
     options = page.locator("#share details.link-options").last
     options.locator("summary").click()
     options.locator("input[name=remove_password]").check()
+    options.locator("input[name=max_views]").fill("7")
     options.get_by_role("button", name="Save options").click()
     page.locator("#share .link-saved").wait_for()
     assert "password" not in page.locator("#share .link-summary").last.inner_text()
+    assert " view of 7 · " in facts.inner_text()  # the one view after the password
     assert page.evaluate("window.__sameDocument") is True
-    stranger = browser.new_context()
-    assert stranger.new_page().goto(locked_url).status == 200
+    stranger, strange = open_page(browser)
+    stranger_violations = watch_csp(strange)
+    assert strange.goto(locked_url).status == 200
     assert stranger.request.get(locked_url + "image").status == 200
-    assert violations == public_violations == seen_violations == []
+
+    # An album whose link allows no download offers no original: not on a tile, not in the
+    # viewer, and not by its URL.
+    assert strange.goto(stack.url + f"/s/{album}/").status == 200
+    assert strange.locator(".tile").count() == 1
+    assert strange.get_by_role("link", name="Download original").count() == 0
+    assert "download=1" not in strange.content()
+    open_viewer(strange)
+    strange.wait_for_function(
+        "() => [...document.querySelectorAll('.pswp__img')].some(i => i.naturalWidth > 0)"
+    )
+    assert strange.locator(".pswp__button--download").is_hidden()
+    image = strange.locator("a.tile-link").get_attribute("href")
+    assert stranger.request.get(stack.url + image + "?download=1").status == 403
+    assert violations == public_violations == seen_violations == stranger_violations == []
     for context in (owner, visitor, viewer, stranger):
         context.close()

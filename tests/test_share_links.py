@@ -627,9 +627,13 @@ def test_it_offers_the_original_for_download_by_default(client, alice, kind):
     assert response.status_code == 200
     assert response["Content-Type"] == "image/png"
     assert response["Content-Disposition"].startswith("attachment")
-    if kind == "image":
-        html = client.get(link.get_absolute_url()).content.decode()
-        assert f'href="{file_url}?download=1"' in html
+    # The page offers it: the image's page one button, an album each image (its tile, and the
+    # viewer through data-download).
+    html = client.get(link.get_absolute_url()).content.decode()
+    assert f'href="{file_url}?download=1"' in html
+    if kind == "album":
+        assert f'data-download="{file_url}?download=1"' in html
+        assert 'aria-label="Download original"' in html
 
 
 def test_it_ends_a_link_after_its_maximum_views(client, alice, kind):
@@ -759,3 +763,26 @@ def test_it_checks_ownership_of_a_links_options(client, alice, bob, kind):
     assert edit(client, link, note="mine").status_code == 404
     link.refresh_from_db()
     assert link.note == ""
+
+
+def test_it_sends_a_links_views_and_expiry_again_after_an_htmx_edit(client, alice, image):
+    client.force_login(alice)
+    link = share(client, image, max_views="3")
+    ShareLink.objects.filter(pk=link.pk).update(view_count=2)
+    response = edit(client, link, max_views="9", expires_in_hours="24", htmx=True)
+    html = response.content.decode()
+    # The "N views of M" and the expiry beside the form were drawn before the edit: they
+    # follow, out of band, with the new values.
+    views = f'<span id="views-{link.pk}" class="link-views" hx-swap-oob="true">'
+    assert views + '2<span class="link-views-word"> views</span> of 9</span>' in html
+    expiry = f'<span id="expiry-{link.pk}" class="link-expiry" hx-swap-oob="true">'
+    assert expiry + "Expires in 23\xa0hours, 59\xa0minutes</span>" in html
+
+
+def test_it_draws_a_links_views_and_expiry_where_an_edit_finds_them(client, alice, image):
+    client.force_login(alice)
+    link = share(client, image, max_views="3")
+    for page in (image.generation.get_absolute_url(), reverse("gallery:shares")):
+        html = client.get(page).content.decode()
+        assert f'<span id="views-{link.pk}" class="link-views">0<span' in html
+        assert f'<span id="expiry-{link.pk}" class="link-expiry">Never expires</span>' in html

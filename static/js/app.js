@@ -89,9 +89,33 @@ function setSelecting(on) {
   if (!section) return;
   section.classList.toggle("selecting", on);
   section.querySelector("[data-select-toggle]")?.setAttribute("aria-pressed", String(on));
-  if (!on) for (const box of boxes()) box.checked = false;
+  if (!on) {
+    for (const box of boxes()) box.checked = false;
+    closePopovers();
+  }
   showSelection();
 }
+
+// The select bar's menus (<details data-popover>): one open at a time, closed by a click
+// elsewhere, by Esc, and once an action in one is chosen. A fold that shows as a row on a wide
+// screen (its summary hidden) is no menu there and stays open.
+function isPopover(details) {
+  const summary = details.querySelector(":scope > summary");
+  return summary && getComputedStyle(summary).display !== "none";
+}
+function closePopovers(except = null) {
+  for (const details of document.querySelectorAll("details[data-popover][open]")) {
+    if (details !== except && isPopover(details)) details.open = false;
+  }
+}
+document.addEventListener("click", (event) => {
+  const inside = event.target.closest("details[data-popover]");
+  closePopovers(inside);
+  // Closed after the click, so that the chosen button still submits its form.
+  if (inside && event.target.closest("button[type=submit]") && isPopover(inside)) {
+    setTimeout(() => { inside.open = false; });
+  }
+});
 let lastBox = null;
 document.addEventListener("click", (event) => {
   if (event.target.closest("[data-select-toggle]")) {
@@ -142,8 +166,15 @@ document.addEventListener("keydown", (event) => {
     document.querySelector("#help")?.showModal();
   } else if (event.key === "s" && gallery()) {
     setSelecting(!gallery().classList.contains("selecting"));
-  } else if (event.key === "Escape" && gallery()?.classList.contains("selecting")) {
-    setSelecting(false);
+  } else if (event.key === "Escape") {
+    // An open menu first, then select mode.
+    const open = [...document.querySelectorAll("details[data-popover][open]")].filter(isPopover);
+    if (open.length) {
+      closePopovers();
+      open[0].querySelector("summary").focus();
+    } else if (gallery()?.classList.contains("selecting")) {
+      setSelecting(false);
+    }
   }
 });
 

@@ -36,11 +36,38 @@ function typing(event) {
 }
 
 // The collections panel: the generation's collections (gallery/collections_for.html#picker),
-// fetched for the image in view; its forms swap themselves with htmx.
+// fetched for the image in view; its forms swap themselves with htmx. Over a collection's page
+// it says which collection that is, so that taking the image out of it takes its tile away.
 function showCollections(pswp, panel) {
   const url = linkFor(pswp)?.dataset.collections;
   if (!url || !window.htmx) return;
-  window.htmx.ajax("GET", url, { target: panel, swap: "innerHTML" });
+  const collection = document.querySelector("#cards")?.dataset.collection;
+  const query = collection ? `?${new URLSearchParams({ in_collection: collection })}` : "";
+  window.htmx.ajax("GET", url + query, { target: panel, swap: "innerHTML" });
+}
+
+// The image in view left the grid (taken out of the collection whose page this is): the viewer
+// moves on to the image that took its place, or the one before it at the end, and closes when
+// none is left. PhotoSwipe counts the grid's links again, and its slides from here on (and the
+// ones it preloaded) are drawn afresh.
+function dropRemoved(pswp) {
+  const link = linkFor(pswp);
+  if (!link || link.isConnected || pswp.isDestroying || !pswp.options.dataSource) return;
+  delete pswp.options.dataSource.items;
+  const count = pswp.getNumItems();
+  if (!count) {
+    pswp.close();
+    return;
+  }
+  const from = pswp.currIndex;
+  for (let index = from - 1; index <= from + 3; index++) pswp.contentLoader.removeByIndex(index);
+  if (from >= count) {
+    pswp.goTo(count - 1);
+    pswp.refreshSlideContent(count);
+  } else {
+    pswp.refreshSlideContent(from + 1);
+    pswp.refreshSlideContent(from);
+  }
 }
 
 function toggleCollections(pswp) {
@@ -88,11 +115,33 @@ export function startViewer() {
   });
 
   lightbox.on("afterInit", () => lightbox.pswp.element?.setAttribute("aria-label", "Image viewer"));
+  document.addEventListener("htmx:afterSettle", () => {
+    if (lightbox.pswp) dropRemoved(lightbox.pswp);
+  });
   lightbox.on("uiRegister", () => {
     const pswp = lightbox.pswp;
     // Keys typed in the collections panel's name field are the field's, not the viewer's.
     pswp.on("keydown", (event) => { if (typing(event.originalEvent)) event.preventDefault(); });
     if (owner) registerOwnerControls(pswp);
+    // The original file: the owner's always; an album's when its link allows downloads (its
+    // tiles then carry data-download).
+    pswp.ui.registerElement({
+      name: "download",
+      order: 9,
+      isButton: true,
+      tagName: "a",
+      title: owner ? "Download (d)" : "Download original (d)",
+      html: "⇩",
+      className: "pswp__button--bg-text pswp__button--download",
+      onInit: (element) => {
+        element.setAttribute("aria-label", owner ? "Download (d)" : "Download original (d)");
+        pswp.on("change", () => {
+          const href = linkFor(pswp)?.dataset.download;
+          element.hidden = !href;
+          element.href = href ?? "#";
+        });
+      },
+    });
     pswp.ui.registerElement({
       name: "info-button",
       order: 10,
@@ -156,19 +205,6 @@ export function startViewer() {
         pswp.on("favoriteChanged", show);
       },
       onClick: () => toggleFavorite(pswp),
-    });
-    pswp.ui.registerElement({
-      name: "download",
-      order: 9,
-      isButton: true,
-      tagName: "a",
-      title: "Download (d)",
-      html: "⇩",
-      className: "pswp__button--bg-text pswp__button--download",
-      onInit: (element) => {
-        element.setAttribute("aria-label", "Download (d)");
-        pswp.on("change", () => { element.href = linkFor(pswp)?.dataset.download ?? "#"; });
-      },
     });
     pswp.ui.registerElement({
       name: "collections-button",
@@ -248,7 +284,7 @@ export function startViewer() {
     if (!pswp || event.ctrlKey || event.metaKey || event.altKey || typing(event)) return;
     if (event.key === "f" && owner) {
       toggleFavorite(pswp);
-    } else if (event.key === "d" && owner) {
+    } else if (event.key === "d") {
       const href = linkFor(pswp)?.dataset.download;
       if (href) location.assign(href);
     } else if (event.key === "c" && owner) {
