@@ -621,6 +621,21 @@ def test_it_shows_a_posts_variations_as_one_group(stack, browser, gallery):
     context.close()
 
 
+@pytest.mark.parametrize("width", [375, 700, 730, 761, 1024])
+def test_it_keeps_the_settings_and_the_filters_in_reach_at_every_width(
+    stack, browser, gallery, width
+):
+    """Where the composer's settings and the filters fold, their summary shows to unfold them."""
+    context, page = open_page(browser, gallery["state"], viewport={"width": width, "height": 800})
+    page.goto(stack.url + "/")
+    for field in ("#id_aspect_ratio", "#filter_status"):
+        control = page.locator(field)
+        if not control.is_visible():
+            page.locator(f"details:has({field}) > summary").click()
+        control.wait_for(state="visible", timeout=5000)
+    context.close()
+
+
 def test_it_switches_the_theme_and_remembers_it(stack, browser, gallery):
     context, page = open_page(browser, gallery["state"], color_scheme="dark")
     background = "() => getComputedStyle(document.body).backgroundColor"
