@@ -43,6 +43,10 @@ function showCollections(pswp, panel) {
   if (!url || !window.htmx) return;
   const collection = document.querySelector("#cards")?.dataset.collection;
   const query = collection ? `?${new URLSearchParams({ in_collection: collection })}` : "";
+  // Asked for already: PhotoSwipe may tell of one move more than once, and a second answer,
+  // landing after a choice made in the first one's forms, would throw that choice's answer away.
+  if (panel.dataset.source === url + query) return;
+  panel.dataset.source = url + query;
   window.htmx.ajax("GET", url + query, { target: panel, swap: "innerHTML" });
 }
 
@@ -75,6 +79,7 @@ function toggleCollections(pswp) {
   if (!panel) return;
   panel.hidden = !panel.hidden;
   if (!panel.hidden) {
+    delete panel.dataset.source; // each opening shows them afresh
     showCollections(pswp, panel);
     panel.addEventListener("htmx:afterSettle", () => panel.querySelector("button, input")?.focus(), { once: true });
   }
@@ -227,6 +232,10 @@ export function startViewer() {
         element.setAttribute("role", "region");
         element.setAttribute("aria-label", "Collections of this image");
         pswp.on("change", () => { if (!element.hidden) showCollections(pswp, element); });
+        // An answer that did not come: the next look asks again.
+        for (const name of ["htmx:responseError", "htmx:sendError"]) {
+          element.addEventListener(name, () => delete element.dataset.source);
+        }
       },
     });
   }
